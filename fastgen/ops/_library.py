@@ -1,0 +1,229 @@
+"""The one helper that turns an :class:`OpSpec` into a ``fastgen::<name>`` custom op.
+
+Every op gets:
+
+* a schema written once, with a trailing ``str impl="auto"`` argument;
+* one kernel for every device that picks a backend: the ``impl`` argument, else
+  ``FASTGEN_BACKEND``, else the first backend in priority order that accepts the
+  input, ending at the plain-torch reference (which runs everywhere);
+* a fake (meta) kernel, so ``torch.compile(fullgraph=True)`` traces the op;
+* autograd whose backward is itself a registered op (``spec.backward``), and whose
+  double backward is the vector-Jacobian product of that backward's reference, so
+  second-order gradients (GAN R1 penalties) work on every backend.
+
+A backward spec takes the gradients of the forward outputs followed by the
+forward inputs (without ``impl``), and returns one gradient per Tensor argument
+of the forward, in order.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from fastgen import _backends
+
+_LIB = torch.library.Library("fastgen", "DEF")
+_REGISTRY: dict[str, "OpSpec"] = {}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A forced backend (``impl=`` or ``FASTGEN_BACKEND``) cannot run the given input."""
+
+
+def _accepts_everything(*args: Any) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to run an op. ``reject(*args)`` lists why it cannot take an input."""
+
+    name: str
+    devices: Callable[[], tuple[str, ...]]
+    unavailable: Callable[[], str | None]
+    load: Callable[[], Callable]
+    reject: Callable[..., list[str]] = _accepts_everything
+
+    def reasons(self, device: str, args: Sequence[Any]) -> list[str]:
+        if (why := self.unavailable()) is not None:
+            return [why]
+        if device not in self.devices():
+            return [f"runs on {' or '.join(self.devices())} tensors, got {device}"]
+        return list(self.reject(*args))
+
+
+def cpp_backend(kernel: str, reject: Callable[..., list[str]] = _accepts_everything) -> Backend:
+    """The C++ CPU kernel ``torch.ops.fastgen_C.<kernel>``."""
+    return Backend("cpu", lambda: ("cpu",), _backends.cext_reason,
+                   lambda: getattr(torch.ops.fastgen_C, kernel), reject)
+
+
+def cuda_backend(kernel: str, reject: Callable[..., list[str]] = _accepts_everything) -> Backend:
+    """The CUDA kernel registered under the same ``fastgen_C::<kernel>`` name."""
+    return Backend("cuda", lambda: ("cuda",), _backends.cuda_kernels_reason,
+                   lambda: getattr(torch.ops.fastgen_C, kernel), reject)
+
+
+def _triton_devices() -> tuple[str, ...]:
+    # The interpreter needs host pointers, so it is the only way Triton takes CPU tensors.
+    return ("cuda", "cpu") if _backends.triton_interpret() else ("cuda",)
+
+
+def triton_backend(module: str, launcher: str,
+                   reject: Callable[..., list[str]] = _accepts_everything) -> Backend:
+    """A Triton launcher, imported on first use so ``import fastgen`` never imports triton."""
+    return Backend("triton", _triton_devices, _backends.triton_reason,
+                   lambda: getattr(importlib.import_module(module), launcher), reject)
+
+
+@dataclass
+class OpSpec:
+    name: str
+    schema: str  # "(Tensor x, float eps) -> Tensor", without the impl argument
+    reference: Callable
+    fake: Callable
+    backends: tuple[Backend, ...] = ()
+    backward: "OpSpec | None" = None
+
+    def __post_init__(self) -> None:
+        parsed = torch._C.parse_schema(f"fastgen::{self.name}{self.schema}")
+        self.tensor_args = tuple(isinstance(a.type, torch.TensorType) for a in parsed.arguments)
+
+    @property
+    def op(self) -> torch._ops.OpOverload:
+        return getattr(torch.ops.fastgen, self.name).default
+
+    def split_impl(self, args: Sequence[Any]) -> tuple[Sequence[Any], str]:
+        """Op arguments and impl; the dispatcher leaves out a trailing impl equal to its default."""
+        n = len(self.tensor_args)
+        return args[:n], (args[n] if len(args) > n else "auto")
+
+    def backend(self, name: str) -> Backend:
+        for backend in self.backends:
+            if backend.name == name:
+                return backend
+        have = ", ".join(["ref", *(b.name for b in self.backends)])
+        raise BackendUnavailableError(f"fastgen::{self.name} has no {name!r} backend (it has: {have})")
+
+    def select(self, impl: str, args: Sequence[Any]) -> tuple[str, Callable]:
+        """The backend that runs ``args``: its name and kernel."""
+        if impl not in _backends.BACKEND_CHOICES:
+            raise ValueError(f"impl={impl!r}: expected one of {', '.join(_backends.BACKEND_CHOICES)}")
+        if impl == "auto":
+            impl = _backends.forced_backend()
+        if impl == "ref":
+            return "ref", self.reference
+        device = _device_of(args)
+        if impl != "auto":
+            backend = self.backend(impl)
+            if reasons := backend.reasons(device, args):
+                raise BackendUnavailableError(
+                    f"fastgen::{self.name}: backend {impl!r} cannot run this input: {'; '.join(reasons)}")
+            return impl, backend.load()
+        for backend in self.backends:
+            if not backend.reasons(device, args):
+                return backend.name, backend.load()
+        return "ref", self.reference
+
+    def availability(self) -> dict[str, str | None]:
+        """Backend name -> None when it can run here, else why not (for ``fastgen info``)."""
+        result: dict[str, str | None] = {"ref": None}
+        for backend in self.backends:
+            why = backend.unavailable()
+            if why is None and not any(_device_present(d) for d in backend.devices()):
+                why = f"no {' or '.join(backend.devices())} device here"
+            result[backend.name] = why
+        return result
+
+
+def _device_of(args: Sequence[Any]) -> str:
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            return arg.device.type
+    raise ValueError("an op needs at least one tensor argument")
+
+
+def _device_present(device: str) -> bool:
+    return device == "cpu" or (device == "cuda" and torch.cuda.is_available())
+
+
+def _with_impl(schema: str) -> str:
+    args, _, returns = schema.partition(") ->")
+    return f'{args}, str impl="auto") ->{returns}'
+
+
+def define(spec: OpSpec) -> OpSpec:
+    """Register ``fastgen::<spec.name>`` (and its backward op) with dispatch, fake and autograd."""
+    if spec.backward is not None:
+        define(spec.backward)
+    qualname = f"fastgen::{spec.name}"
+    _LIB.define(spec.name + _with_impl(spec.schema))
+
+    def kernel(*args: Any) -> Any:
+        op_args, impl = spec.split_impl(args)
+        return spec.select(impl, op_args)[1](*op_args)
+
+    _LIB.impl(spec.name, kernel, "CompositeExplicitAutograd")
+    torch.library.register_fake(qualname, lib=_LIB)(lambda *args: spec.fake(*spec.split_impl(args)[0]))
+    if spec.backward is not None:
+        _register_backward_op(spec, qualname)
+    else:
+        _register_reference_vjp(spec, qualname)
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+_TENSOR = object()  # marks a tensor input's place among the saved constants
+
+
+def _setup(ctx: Any, inputs: tuple, output: Any) -> None:
+    ctx.save_for_backward(*(x for x in inputs if isinstance(x, torch.Tensor)))
+    ctx.constants = [_TENSOR if isinstance(x, torch.Tensor) else x for x in inputs]
+
+
+def _saved_inputs(ctx: Any) -> list[Any]:
+    tensors = iter(ctx.saved_tensors)
+    return [next(tensors) if c is _TENSOR else c for c in ctx.constants]
+
+
+def _register_backward_op(spec: OpSpec, qualname: str) -> None:
+    backward_op = spec.backward.op
+
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple:
+        inputs, impl = spec.split_impl(_saved_inputs(ctx))
+        result = backward_op(*grads, *inputs, impl)
+        tensor_grads = iter(result if isinstance(result, (tuple, list)) else (result,))
+        return tuple(next(tensor_grads) if is_tensor else None for is_tensor in spec.tensor_args + (False,))
+
+    torch.library.register_autograd(qualname, backward, setup_context=_setup, lib=_LIB)
+
+
+def _register_reference_vjp(spec: OpSpec, qualname: str) -> None:
+    """Autograd of an op from its differentiable reference: used for backward ops."""
+
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple:
+        inputs = spec.split_impl(_saved_inputs(ctx))[0]
+        slots = [i for i, is_tensor in enumerate(spec.tensor_args) if is_tensor]
+
+        def reference_of_tensors(*tensors: torch.Tensor) -> Any:
+            args = list(inputs)
+            for slot, tensor in zip(slots, tensors):
+                args[slot] = tensor
+            return spec.reference(*args)
+
+        outputs, vjp = torch.func.vjp(reference_of_tensors, *(inputs[i] for i in slots))
+        if isinstance(outputs, tuple):
+            cotangents = tuple(torch.zeros_like(o) if g is None else g for o, g in zip(outputs, grads))
+        else:
+            cotangents = grads[0] if grads[0] is not None else torch.zeros_like(outputs)
+        tensor_grads = iter(vjp(cotangents))
+        return tuple(next(tensor_grads) if is_tensor else None for is_tensor in spec.tensor_args + (False,))
+
+    torch.library.register_autograd(qualname, backward, setup_context=_setup, lib=_LIB)
+
+
+def registered_ops() -> list[OpSpec]:
+    return list(_REGISTRY.values())
