@@ -39,17 +39,24 @@ def _accepts_everything(*args: Any) -> list[str]:
 
 @dataclass(frozen=True)
 class Backend:
-    """One way to run an op. ``reject(*args)`` lists why it cannot take an input."""
+    """One way to run an op. ``reject(*args)`` lists why it cannot take an input.
+
+    ``auto_devices`` are the devices where ``impl="auto"`` may pick it (all of ``devices``
+    unless given): the Triton interpreter runs on CPU tensors only when asked for.
+    """
 
     name: str
     devices: Callable[[], tuple[str, ...]]
     unavailable: Callable[[], str | None]
     load: Callable[[], Callable]
     reject: Callable[..., list[str]] = _accepts_everything
+    auto_devices: tuple[str, ...] | None = None
 
-    def reasons(self, device: str, args: Sequence[Any]) -> list[str]:
+    def reasons(self, device: str, args: Sequence[Any], auto: bool = False) -> list[str]:
         if (why := self.unavailable()) is not None:
             return [why]
+        if auto and self.auto_devices is not None and device not in self.auto_devices:
+            return [f"picked automatically only for {' or '.join(self.auto_devices)} tensors"]
         if device not in self.devices():
             return [f"runs on {' or '.join(self.devices())} tensors, got {device}"]
         return list(self.reject(*args))
@@ -76,7 +83,7 @@ def triton_backend(module: str, launcher: str,
                    reject: Callable[..., list[str]] = _accepts_everything) -> Backend:
     """A Triton launcher, imported on first use so ``import fastgen`` never imports triton."""
     return Backend("triton", _triton_devices, _backends.triton_reason,
-                   lambda: getattr(importlib.import_module(module), launcher), reject)
+                   lambda: getattr(importlib.import_module(module), launcher), reject, auto_devices=("cuda",))
 
 
 @dataclass
@@ -124,7 +131,7 @@ class OpSpec:
                     f"fastgen::{self.name}: backend {impl!r} cannot run this input: {'; '.join(reasons)}")
             return impl, backend.load()
         for backend in self.backends:
-            if not backend.reasons(device, args):
+            if not backend.reasons(device, args, auto=True):
                 return backend.name, backend.load()
         return "ref", self.reference
 

@@ -1,0 +1,19 @@
+// The torch-facing glue of fastgen._C: op schemas, and an empty Python module whose
+// import runs the static registrations (kernels register themselves per device in
+// csrc/cpu/*.cpp and, in a CUDA build, csrc/cuda/bindings.cpp).
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(fastgen_C, m) {
+  m.def("adain_fwd(Tensor content, Tensor style_mean, Tensor style_std, float eps) -> Tensor");
+  m.def("adain_bwd(Tensor grad_out, Tensor content, Tensor style_mean, Tensor style_std, float eps)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("adain_from_style_fwd(Tensor content, Tensor style, float eps) -> Tensor");
+  m.def("adain_from_style_bwd(Tensor grad_out, Tensor content, Tensor style, float eps) -> (Tensor, Tensor)");
+}
+
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "fastgen native kernels (ops under torch.ops.fastgen_C)",
+                               -1, nullptr};
+  return PyModule_Create(&module);
+}
