@@ -33,5 +33,14 @@ cuda-check: install
 	  && echo "cuda-check: csrc/cuda/*.cu compiled for sm_80 and sm_90"; \
 	else echo "cuda-check: SKIPPED: nvcc is not on PATH, the CUDA kernels were not compiled"; fi
 
+# One run per allocator setting (fresh multi-MiB allocations page-fault, and THP changes how
+# much): the report puts both side by side with the copy bandwidth measured in each run.
+bench: install
+	mkdir -p $(RESULTS)
+	$(PY) -m pytest benchmarks/bench_adain.py -q -p no:cacheprovider --benchmark-json=$(RESULTS)/adain-default.json
+	THP_MEM_ALLOC_ENABLE=1 $(PY) -m pytest benchmarks/bench_adain.py -q -p no:cacheprovider \
+	  --benchmark-json=$(RESULTS)/adain-thp.json
+	$(PY) benchmarks/report.py $(RESULTS)/adain-default.json $(RESULTS)/adain-thp.json --png $(RESULTS)/adain.png
+
 info: install
 	$(PY) -m fastgen info

@@ -4,12 +4,18 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/output_cache.h"
+
 TORCH_LIBRARY(fastgen_C, m) {
   m.def("adain_fwd(Tensor content, Tensor style_mean, Tensor style_std, float eps) -> Tensor");
   m.def("adain_bwd(Tensor grad_out, Tensor content, Tensor style_mean, Tensor style_std, float eps)"
         " -> (Tensor, Tensor, Tensor)");
   m.def("adain_from_style_fwd(Tensor content, Tensor style, float eps) -> Tensor");
   m.def("adain_from_style_bwd(Tensor grad_out, Tensor content, Tensor style, float eps) -> (Tensor, Tensor)");
+
+  m.def("cpu_cache_info() -> int[]", &fastgen::cpu_cache_info);
+  m.def("cpu_cache_clear() -> ()", &fastgen::cpu_cache_clear);
+  m.def("cpu_cache_set_limit(int megabytes) -> ()", &fastgen::cpu_cache_set_limit);
 }
 
 extern "C" PyObject* PyInit__C(void) {

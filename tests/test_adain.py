@@ -320,3 +320,32 @@ def test_fastgen_info_cli_lists_backends_per_op():
         assert f"fastgen::{op}\n" in result.stdout
     assert "cpu      unavailable: disabled by FASTGEN_DISABLE_EXT=1" in result.stdout
     assert f"torch            {torch.__version__}" in result.stdout
+
+
+@pytest.mark.skipif("cpu" not in FAST_BACKENDS, reason="the C++ extension is not built")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cpu_outputs_reuse_freed_buffers(layout):
+    """Outputs of >= 1 MiB come from the output cache: a freed buffer is handed out again."""
+    fastgen.ops.cpu_cache_clear()
+    shape = (1, 4, 256, 257)
+    args = make_inputs("adain_from_style", shape, torch.float32, layout)
+    first = run("adain_from_style", args, "cpu")
+    address = first.data_ptr()
+    hits = fastgen.ops.cpu_cache_info()["hits"]
+    del first
+    again = run("adain_from_style", args, "cpu")
+    assert again.data_ptr() == address and fastgen.ops.cpu_cache_info()["hits"] == hits + 1
+    assert again.stride() == torch.empty_like(args[0]).stride()
+    assert_close(again, adain_from_style_ref(*args, EPS))
+    again.resize_(2, *shape[1:])  # cached storage stays resizable like torch's own
+    try:
+        fastgen.ops.cpu_cache_set_limit(0)
+        del again
+        assert fastgen.ops.cpu_cache_info()["buffers"] == 0
+    finally:
+        fastgen.ops.cpu_cache_set_limit(1024)
+
+
+def test_cpu_cache_limit_rejects_negative():
+    with pytest.raises(ValueError, match="megabytes"):
+        fastgen.ops.cpu_cache_set_limit(-1)

@@ -12,10 +12,17 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <memory>
 #include <type_traits>
+
+#include "output_cache.h"
 
 namespace fastgen {
 namespace {
@@ -43,11 +50,139 @@ A plane_centered_sq_sum(const A* x, int64_t m, A mean) {
   return s;
 }
 
+// sum(g) and sum(g * (x - mean)), for the backward.
+template <typename A>
+void plane_grad_sums(const A* g, const A* x, int64_t m, A mean, A& sum_g, A& sum_gx) {
+  A sg = 0, sgx = 0;
+#pragma omp simd reduction(+ : sg, sgx)
+  for (int64_t i = 0; i < m; ++i) {
+    sg += g[i];
+    sgx += g[i] * (x[i] - mean);
+  }
+  sum_g = sg;
+  sum_gx = sgx;
+}
+
+#if defined(__AVX512F__)
+// float reductions with four independent accumulators: one accumulator chains every
+// add on the previous one and runs at the add latency, 4x slower than the loads.
+inline __mmask16 tail_mask(int64_t remaining) {
+  return static_cast<__mmask16>((1u << remaining) - 1u);
+}
+
+inline float plane_sum(const float* x, int64_t m) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 64 <= m; i += 64) {
+    a0 = _mm512_add_ps(a0, _mm512_loadu_ps(x + i));
+    a1 = _mm512_add_ps(a1, _mm512_loadu_ps(x + i + 16));
+    a2 = _mm512_add_ps(a2, _mm512_loadu_ps(x + i + 32));
+    a3 = _mm512_add_ps(a3, _mm512_loadu_ps(x + i + 48));
+  }
+  for (; i + 16 <= m; i += 16) a0 = _mm512_add_ps(a0, _mm512_loadu_ps(x + i));
+  if (i < m) a1 = _mm512_add_ps(a1, _mm512_maskz_loadu_ps(tail_mask(m - i), x + i));
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+inline float plane_centered_sq_sum(const float* x, int64_t m, float mean) {
+  const __m512 mu = _mm512_set1_ps(mean);
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 64 <= m; i += 64) {
+    const __m512 d0 = _mm512_sub_ps(_mm512_loadu_ps(x + i), mu);
+    const __m512 d1 = _mm512_sub_ps(_mm512_loadu_ps(x + i + 16), mu);
+    const __m512 d2 = _mm512_sub_ps(_mm512_loadu_ps(x + i + 32), mu);
+    const __m512 d3 = _mm512_sub_ps(_mm512_loadu_ps(x + i + 48), mu);
+    a0 = _mm512_fmadd_ps(d0, d0, a0);
+    a1 = _mm512_fmadd_ps(d1, d1, a1);
+    a2 = _mm512_fmadd_ps(d2, d2, a2);
+    a3 = _mm512_fmadd_ps(d3, d3, a3);
+  }
+  for (; i + 16 <= m; i += 16) {
+    const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + i), mu);
+    a0 = _mm512_fmadd_ps(d, d, a0);
+  }
+  if (i < m) {
+    const __mmask16 k = tail_mask(m - i);
+    const __m512 d = _mm512_maskz_sub_ps(k, _mm512_maskz_loadu_ps(k, x + i), mu);
+    a1 = _mm512_fmadd_ps(d, d, a1);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+inline void plane_grad_sums(const float* g, const float* x, int64_t m, float mean, float& sum_g,
+                            float& sum_gx) {
+  const __m512 mu = _mm512_set1_ps(mean);
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, t0 = s0, t1 = s0;
+  int64_t i = 0;
+  for (; i + 32 <= m; i += 32) {
+    const __m512 g0 = _mm512_loadu_ps(g + i), g1 = _mm512_loadu_ps(g + i + 16);
+    s0 = _mm512_add_ps(s0, g0);
+    s1 = _mm512_add_ps(s1, g1);
+    t0 = _mm512_fmadd_ps(g0, _mm512_sub_ps(_mm512_loadu_ps(x + i), mu), t0);
+    t1 = _mm512_fmadd_ps(g1, _mm512_sub_ps(_mm512_loadu_ps(x + i + 16), mu), t1);
+  }
+  for (; i < m; i += 16) {
+    const __mmask16 k = m - i >= 16 ? __mmask16(0xFFFF) : tail_mask(m - i);
+    const __m512 gv = _mm512_maskz_loadu_ps(k, g + i);
+    s0 = _mm512_add_ps(s0, gv);
+    t0 = _mm512_fmadd_ps(gv, _mm512_maskz_sub_ps(k, _mm512_maskz_loadu_ps(k, x + i), mu), t0);
+  }
+  sum_g = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+  sum_gx = _mm512_reduce_add_ps(_mm512_add_ps(t0, t1));
+}
+#endif
+
 // y = (x - center) * scale + shift
 template <typename A>
 void plane_affine(const A* x, A* y, int64_t m, A center, A scale, A shift) {
 #pragma omp simd
   for (int64_t i = 0; i < m; ++i) y[i] = (x[i] - center) * scale + shift;
+}
+
+// Outputs larger than the caches are written with non-temporal stores: the lines
+// bypass the caches, so the destination is not read first (no read-for-ownership).
+constexpr int64_t kStreamingBytes = int64_t(16) << 20;
+
+inline void stream_copy(float* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i < n && reinterpret_cast<uintptr_t>(dst + i) % 64 != 0; ++i) dst[i] = src[i];
+  for (; i + 16 <= n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+#elif defined(__AVX__)
+  for (; i < n && reinterpret_cast<uintptr_t>(dst + i) % 32 != 0; ++i) dst[i] = src[i];
+  for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+inline void stream_copy(double* dst, const double* src, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i < n && reinterpret_cast<uintptr_t>(dst + i) % 64 != 0; ++i) dst[i] = src[i];
+  for (; i + 8 <= n; i += 8) _mm512_stream_pd(dst + i, _mm512_loadu_pd(src + i));
+#elif defined(__AVX__)
+  for (; i < n && reinterpret_cast<uintptr_t>(dst + i) % 32 != 0; ++i) dst[i] = src[i];
+  for (; i + 4 <= n; i += 4) _mm256_stream_pd(dst + i, _mm256_loadu_pd(src + i));
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+// Writes y[0, m) with compute(out, begin, len) filling out[0, len) with y[begin, begin+len):
+// directly, or through an L1-sized buffer and streaming stores.
+template <typename A, typename F>
+void write_plane(A* y, int64_t m, bool streaming, const F& compute) {
+  if (!streaming) {
+    compute(y, 0, m);
+    return;
+  }
+  constexpr int64_t kChunk = 1024;
+  alignas(64) A buffer[kChunk];
+  for (int64_t begin = 0; begin < m; begin += kChunk) {
+    const int64_t len = std::min(kChunk, m - begin);
+    compute(buffer, begin, len);
+    stream_copy(y + begin, buffer, len);
+  }
 }
 
 template <typename A>
@@ -132,7 +267,9 @@ void store_block(const Planes<T>& p, int64_t n, int64_t c0, int64_t cb, const A*
 
 // Runs body(n, c0, cb, scratch) over channel blocks of every sample, in parallel.
 // In-place blocks are single planes; gathered blocks hold as many channels as fit
-// `buffers` planes of scratch in about 256 KiB each, so they stay in L2.
+// `buffers` planes of scratch in about 256 KiB each, so they stay in L2. Threads take
+// chunks of ~16k elements from a shared counter rather than a fixed half each: on a
+// small shared machine one thread often runs late, and the other picks up its work.
 template <typename A, typename Body>
 void for_each_block(int64_t n, int64_t c, int64_t m, bool all_in_place, int64_t buffers, const Body& body) {
   constexpr int64_t kScratchBytesPerBuffer = 256 * 1024;
@@ -140,13 +277,21 @@ void for_each_block(int64_t n, int64_t c, int64_t m, bool all_in_place, int64_t 
       ? 1
       : std::clamp<int64_t>(kScratchBytesPerBuffer / (m * static_cast<int64_t>(sizeof(A))), 1, c);
   const int64_t blocks_per_sample = (c + cb - 1) / cb;
-  const int64_t grain = std::max<int64_t>(1, 32768 / (cb * m));  // ~32k elements per task
-  at::parallel_for(0, n * blocks_per_sample, grain, [&](int64_t begin, int64_t end) {
+  const int64_t tasks = n * blocks_per_sample;
+  const int64_t chunk = std::max<int64_t>(1, 16384 / (cb * m));
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), (tasks + chunk - 1) / chunk);
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     std::unique_ptr<A[]> scratch(new A[buffers * cb * m]);  // small when in place: cb == 1
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t s = task / blocks_per_sample, c0 = (task % blocks_per_sample) * cb;
-      body(s, c0, std::min(cb, c - c0), scratch.get());
+    for (int64_t begin; (begin = next.fetch_add(chunk)) < tasks;) {
+      for (int64_t task = begin; task < std::min(begin + chunk, tasks); ++task) {
+        const int64_t s = task / blocks_per_sample, c0 = (task % blocks_per_sample) * cb;
+        body(s, c0, std::min(cb, c - c0), scratch.get());
+      }
     }
+#if defined(__SSE2__)
+    _mm_sfence();  // order this thread's streaming stores before the parallel region ends
+#endif
   });
 }
 
@@ -174,15 +319,19 @@ void adain_forward_kernel(const at::Tensor& content, const A* style_mean, const 
   const auto xp = planes_of<const T>(content);
   const auto yp = planes_of<T>(out);
   const bool direct = in_place(xp) && in_place(yp);
+  const bool streaming = direct && out.nbytes() >= kStreamingBytes;
   for_each_block<A>(n, c, xp.m, direct, 2, [&](int64_t s, int64_t c0, int64_t cb, A* scratch) {
     const int64_t m = xp.m;
     const A* x = load_block(xp, s, c0, cb, scratch);
     A* y = block_target(yp, s, c0, scratch + cb * m);
     for (int64_t j = 0; j < cb; ++j) {
       const int64_t k = s * c + c0 + j;
-      const Moments<A> mo = plane_moments(x + j * m, m);
-      const A rstd = A(1) / std::sqrt(mo.var + static_cast<A>(eps));
-      plane_affine(x + j * m, y + j * m, m, mo.mean, style_std[k] * rstd, style_mean[k]);
+      const A* xj = x + j * m;
+      const Moments<A> mo = plane_moments(xj, m);
+      const A scale = style_std[k] / std::sqrt(mo.var + static_cast<A>(eps));
+      write_plane(y + j * m, m, streaming, [&](A* out_chunk, int64_t begin, int64_t len) {
+        plane_affine(xj + begin, out_chunk, len, mo.mean, scale, style_mean[k]);
+      });
     }
     store_block(yp, s, c0, cb, y);
   });
@@ -198,6 +347,7 @@ void adain_backward_kernel(const at::Tensor& grad_out, const at::Tensor& content
   const auto xp = planes_of<const T>(content);
   const auto dxp = planes_of<T>(grad_content);
   const bool direct = in_place(gp) && in_place(xp) && in_place(dxp);
+  const bool streaming = direct && grad_content.nbytes() >= kStreamingBytes;
   for_each_block<A>(n, c, xp.m, direct, 3, [&](int64_t s, int64_t c0, int64_t cb, A* scratch) {
     const int64_t m = xp.m;
     const A* g = load_block(gp, s, c0, cb, scratch);
@@ -211,18 +361,18 @@ void adain_backward_kernel(const at::Tensor& grad_out, const at::Tensor& content
       const Moments<A> mo = plane_moments(xj, m);
       const A mean = mo.mean;
       const A rstd = A(1) / std::sqrt(mo.var + static_cast<A>(eps));
-      A sum_g = 0, sum_gx = 0;
-#pragma omp simd reduction(+ : sum_g, sum_gx)
-      for (int64_t i = 0; i < m; ++i) {
-        sum_g += gj[i];
-        sum_gx += gj[i] * (xj[i] - mean);
-      }
+      A sum_g, sum_gx;
+      plane_grad_sums(gj, xj, m, mean, sum_g, sum_gx);
       const A inv_m = A(1) / static_cast<A>(m);
       const A scale = style_std[k] * rstd;
       const A k2 = -scale * rstd * rstd * sum_gx * inv_m;
       const A g_mean = sum_g * inv_m;
+      write_plane(dxj, m, streaming, [&](A* out_chunk, int64_t begin, int64_t len) {
+        const A* gb = gj + begin;
+        const A* xb = xj + begin;
 #pragma omp simd
-      for (int64_t i = 0; i < m; ++i) dxj[i] = scale * (gj[i] - g_mean) + k2 * (xj[i] - mean);
+        for (int64_t i = 0; i < len; ++i) out_chunk[i] = scale * (gb[i] - g_mean) + k2 * (xb[i] - mean);
+      });
       grad_mean[k] = sum_g;
       grad_std[k] = sum_gx * rstd;
     }
@@ -238,6 +388,7 @@ void style_backward_kernel(const at::Tensor& style, const A* mean, const A* stde
   const auto sp = planes_of<const T>(style);
   const auto dsp = planes_of<T>(grad_style);
   const bool direct = in_place(sp) && in_place(dsp);
+  const bool streaming = direct && grad_style.nbytes() >= kStreamingBytes;
   for_each_block<A>(n, c, sp.m, direct, 2, [&](int64_t s, int64_t c0, int64_t cb, A* scratch) {
     const int64_t m = sp.m;
     const A* x = load_block(sp, s, c0, cb, scratch);
@@ -245,7 +396,11 @@ void style_backward_kernel(const at::Tensor& style, const A* mean, const A* stde
     const A inv_m = A(1) / static_cast<A>(m);
     for (int64_t j = 0; j < cb; ++j) {
       const int64_t k = s * c + c0 + j;
-      plane_affine(x + j * m, dx + j * m, m, mean[k], grad_std[k] / stdev[k] * inv_m, grad_mean[k] * inv_m);
+      const A* xj = x + j * m;
+      const A scale = grad_std[k] / stdev[k] * inv_m;
+      write_plane(dx + j * m, m, streaming, [&](A* out_chunk, int64_t begin, int64_t len) {
+        plane_affine(xj + begin, out_chunk, len, mean[k], scale, grad_mean[k] * inv_m);
+      });
     }
     store_block(dsp, s, c0, cb, dx);
   });
@@ -285,7 +440,7 @@ void write_into(const at::Tensor& out, const F& compute) {
   if (has_kernel_layout(out)) {
     compute(out);
   } else {
-    at::Tensor tmp = at::empty(out.sizes(), out.options());
+    at::Tensor tmp = empty_cached(out.sizes(), out.options());
     compute(tmp);
     out.copy_(tmp);
   }
@@ -304,7 +459,7 @@ at::Tensor adain_fwd(const at::Tensor& content, const at::Tensor& style_mean, co
   const at::Tensor x = kernel_layout(content);
   const at::Tensor mean_y = style_mean.to(acc_type_of(content)).contiguous();
   const at::Tensor std_y = style_std.to(acc_type_of(content)).contiguous();
-  at::Tensor out = at::empty_like(content);
+  at::Tensor out = empty_like_cached(content);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_fwd", [&] {
     using A = acc_t<scalar_t>;
     write_into(out, [&](const at::Tensor& o) {
@@ -322,7 +477,7 @@ at::Tensor adain_from_style_fwd(const at::Tensor& content, const at::Tensor& sty
   const auto acc_opts = content.options().dtype(acc_type_of(content));
   at::Tensor mean_s = at::empty({content.size(0), content.size(1)}, acc_opts);
   at::Tensor std_s = at::empty_like(mean_s);
-  at::Tensor out = at::empty_like(content);
+  at::Tensor out = empty_like_cached(content);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_from_style_fwd", [&] {
     using A = acc_t<scalar_t>;
     style_stats_kernel<scalar_t>(s, mean_s.data_ptr<A>(), std_s.data_ptr<A>(), eps);
@@ -344,7 +499,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adain_bwd(const at::Tensor& grad_
   check_eps(eps);
   const at::Tensor g = kernel_layout(grad_out), x = kernel_layout(content);
   const at::Tensor std_y = style_std.to(acc_type_of(content)).contiguous();
-  at::Tensor grad_content = at::empty_like(content);
+  at::Tensor grad_content = empty_like_cached(content);
   at::Tensor grad_mean = at::empty_like(std_y), grad_std = at::empty_like(std_y);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_bwd", [&] {
     using A = acc_t<scalar_t>;
@@ -367,7 +522,7 @@ std::tuple<at::Tensor, at::Tensor> adain_from_style_bwd(const at::Tensor& grad_o
   const auto acc_opts = content.options().dtype(acc_type_of(content));
   at::Tensor mean_s = at::empty({content.size(0), content.size(1)}, acc_opts);
   at::Tensor std_s = at::empty_like(mean_s), grad_mean = at::empty_like(mean_s), grad_std = at::empty_like(mean_s);
-  at::Tensor grad_content = at::empty_like(content), grad_style = at::empty_like(style);
+  at::Tensor grad_content = empty_like_cached(content), grad_style = empty_like_cached(style);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_from_style_bwd", [&] {
     using A = acc_t<scalar_t>;
     style_stats_kernel<scalar_t>(s, mean_s.data_ptr<A>(), std_s.data_ptr<A>(), eps);

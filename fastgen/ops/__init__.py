@@ -1,5 +1,7 @@
 """Fast ops, each a ``fastgen::`` custom op with a plain-torch reference."""
 from fastgen.ops._library import BackendUnavailableError
 from fastgen.ops.adain import adain, adain_from_style
+from fastgen.ops.cpu_cache import cpu_cache_clear, cpu_cache_info, cpu_cache_set_limit
 
-__all__ = ["BackendUnavailableError", "adain", "adain_from_style"]
+__all__ = ["BackendUnavailableError", "adain", "adain_from_style", "cpu_cache_clear", "cpu_cache_info",
+           "cpu_cache_set_limit"]
