@@ -22,7 +22,7 @@ $(STAMP): $(PY) $(NATIVE)
 install: $(STAMP)
 
 test: install cuda-check
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n 2
 
 # Compiles every csrc/cuda/*.cu for sm_80 and sm_90 (torch-free kernels: no GPU needed).
 cuda-check: install

@@ -6,7 +6,10 @@ Run (one JSON per allocator setting, read by ``benchmarks/report.py``):
     THP_MEM_ALLOC_ENABLE=1 PYTHONPATH=. python -m pytest benchmarks/bench_adain.py -q --benchmark-json=OUT2.json
 
 Providers:
-    fastgen-cpu    the ``fastgen::`` op forced to the C++ kernel (skipped while fastgen._C is not built)
+    fastgen-cpu    the ``fastgen::`` op forced to the C++ kernel (skipped while fastgen._C is not built);
+                   its outputs come from fastgen's CPU output cache (csrc/cpu/output_cache.h)
+    fastgen-cpu-nocache  the same with that cache turned off: every output is a fresh allocation,
+                   as for the other providers, so the page-fault cost shows
     eager          the plain-torch reference called directly
     instance_norm  ``F.instance_norm`` then scale and shift, the usual hand-written AdaIN
     compile        ``torch.compile(reference, fullgraph=True)``; compiled before timing; ``compile_s`` and
@@ -32,8 +35,9 @@ DTYPE = torch.float32
 SHAPES = [(16, 512, 32, 32), (8, 256, 64, 64), (64, 128, 8, 8)]
 PASSES = ["fwd", "fwd+bwd"]
 OPS = ["adain_from_style", "adain"]
-PROVIDERS = ["eager", "instance_norm", "compile", "fastgen-cpu"]
+PROVIDERS = ["eager", "instance_norm", "compile", "fastgen-cpu", "fastgen-cpu-nocache"]
 REFERENCES = {"adain_from_style": adain_from_style_ref, "adain": adain_ref}
+DEFAULT_CACHE_MB = int(os.environ.get("FASTGEN_CPU_CACHE_MB", "1024"))
 
 
 def shape_id(shape: tuple[int, ...]) -> str:
@@ -72,7 +76,7 @@ def _instance_norm_from_style(content, style, eps):
 
 def make_provider(provider: str, op: str):
     reference = REFERENCES[op]
-    if provider == "fastgen-cpu":
+    if provider.startswith("fastgen-cpu"):
         return functools.partial(getattr(fastgen.ops, op), impl="cpu")
     if provider == "eager":
         return reference
@@ -95,10 +99,20 @@ def make_inputs(op: str, shape: tuple[int, ...], requires_grad: bool) -> list[to
     return [t.requires_grad_(requires_grad) for t in tensors]
 
 
+@pytest.fixture
+def output_cache(provider):
+    """Turns fastgen's CPU output cache off for the nocache provider, and back on after."""
+    if provider == "fastgen-cpu-nocache":
+        fastgen.ops.cpu_cache_set_limit(0)
+    yield
+    fastgen.ops.cpu_cache_set_limit(DEFAULT_CACHE_MB)
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 @pytest.mark.parametrize("pass_", PASSES)
 @pytest.mark.parametrize("op", OPS)
+@pytest.mark.usefixtures("output_cache")
 def test_adain(benchmark, op, pass_, shape, provider):
     fn = make_provider(provider, op)
     backward = pass_ == "fwd+bwd"

@@ -19,6 +19,7 @@ from fastgen.ops.adain.reference import (
     adain_from_style_backward_ref,
     adain_from_style_ref,
     adain_ref,
+    style_stats_ref,
 )
 from fastgen.testing import (
     LAYOUTS,
@@ -193,26 +194,27 @@ def test_torch_compile_fullgraph_matches_eager(op):
 
 
 @pytest.mark.skipif("cpu" not in FAST_BACKENDS, reason="the C++ extension is not built")
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(n=st.integers(1, 3), c=st.integers(1, 6), h=st.integers(1, 24), w=st.integers(1, 24),
        hs=st.integers(1, 24), ws=st.integers(1, 24), layout=st.sampled_from(LAYOUTS),
        scale=st.floats(1e-2, 1e2), offset_ratio=st.floats(-10, 10))
 def test_hypothesis_cpu_matches_reference(n, c, h, w, hs, ws, layout, scale, offset_ratio):
-    """Any shape, layout, scale and offset of the values, in float64 so that the cancellation
-    inside the content gradient (tiny style std) stays below the tolerance."""
+    """Any shape, layout, scale and offset of the values (float64: this is about the kernel's logic)."""
     dtype = torch.float64
     content = make_feature_map((n, c, h, w), dtype, layout, seed=n * c, offset=offset_ratio * scale, scale=scale)
-    style = make_feature_map((n, c, hs, ws), dtype, layout, seed=h * w, offset=-offset_ratio, scale=1 / scale)
-    grad_out = make_feature_map((n, c, h, w), dtype, seed=3)
+    style = make_feature_map((n, c, hs, ws), dtype, layout, seed=1000 + h * w, offset=-offset_ratio, scale=1 / scale)
+    grad_out = make_feature_map((n, c, h, w), dtype, seed=2000 + hs)
     args = (content, style)
     out, grads = grads_of(lambda *a: run("adain_from_style", a, "cpu"), args, grad_out)
     ref_out, ref_grads = grads_of(lambda *a: adain_from_style_ref(*a, EPS), args, grad_out)
     assert_close(out, ref_out)
-    # Relative to each gradient's own magnitude (style grads scale with 1/std of the style), with
-    # room for the cancellation between the terms of the content gradient on tiny planes.
-    for got, want in zip(grads, ref_grads):
-        norm = want.abs().max().clamp_min(1e-300)
-        assert_close(got / norm, want / norm, scale=100)
+    # Each gradient relative to the size of the terms it sums: the content gradient is
+    # std_y * rstd * (g - ...) and cancels to ~0 on tiny planes (exactly 0 when H*W == 1).
+    std_y = style_stats_ref(style, EPS)[1]
+    rstd = torch.rsqrt(content.var(dim=(2, 3), correction=0) + EPS)
+    natural = ((std_y * rstd).max() * grad_out.abs().max(), ref_grads[1].abs().max().clamp_min(1e-300))
+    for got, want, norm in zip(grads, ref_grads, natural):
+        assert_close(got / norm, want / norm)
 
 
 # ---------------------------------------------------------------- public API, module and errors
