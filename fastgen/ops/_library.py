@@ -97,7 +97,7 @@ class OpSpec:
 
     def __post_init__(self) -> None:
         parsed = torch._C.parse_schema(f"fastgen::{self.name}{self.schema}")
-        self.tensor_args = tuple(isinstance(a.type, torch.TensorType) for a in parsed.arguments)
+        self.arg_is_tensor = tuple(isinstance(a.type, torch.TensorType) for a in parsed.arguments)
 
     @property
     def op(self) -> torch._ops.OpOverload:
@@ -105,7 +105,7 @@ class OpSpec:
 
     def split_impl(self, args: Sequence[Any]) -> tuple[Sequence[Any], str]:
         """Op arguments and impl; the dispatcher leaves out a trailing impl equal to its default."""
-        n = len(self.tensor_args)
+        n = len(self.arg_is_tensor)
         return args[:n], (args[n] if len(args) > n else "auto")
 
     def backend(self, name: str) -> Backend:
@@ -203,7 +203,7 @@ def _register_backward_op(spec: OpSpec, qualname: str) -> None:
         inputs, impl = spec.split_impl(_saved_inputs(ctx))
         result = backward_op(*grads, *inputs, impl)
         tensor_grads = iter(result if isinstance(result, (tuple, list)) else (result,))
-        return tuple(next(tensor_grads) if is_tensor else None for is_tensor in spec.tensor_args + (False,))
+        return tuple(next(tensor_grads) if is_tensor else None for is_tensor in spec.arg_is_tensor + (False,))
 
     torch.library.register_autograd(qualname, backward, setup_context=_setup, lib=_LIB)
 
@@ -213,7 +213,7 @@ def _register_reference_vjp(spec: OpSpec, qualname: str) -> None:
 
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple:
         inputs = spec.split_impl(_saved_inputs(ctx))[0]
-        slots = [i for i, is_tensor in enumerate(spec.tensor_args) if is_tensor]
+        slots = [i for i, is_tensor in enumerate(spec.arg_is_tensor) if is_tensor]
 
         def reference_of_tensors(*tensors: torch.Tensor) -> Any:
             args = list(inputs)
@@ -227,7 +227,7 @@ def _register_reference_vjp(spec: OpSpec, qualname: str) -> None:
         else:
             cotangents = grads[0] if grads[0] is not None else torch.zeros_like(outputs)
         tensor_grads = iter(vjp(cotangents))
-        return tuple(next(tensor_grads) if is_tensor else None for is_tensor in spec.tensor_args + (False,))
+        return tuple(next(tensor_grads) if is_tensor else None for is_tensor in spec.arg_is_tensor + (False,))
 
     torch.library.register_autograd(qualname, backward, setup_context=_setup, lib=_LIB)
 
