@@ -312,25 +312,39 @@ void style_stats_kernel(const at::Tensor& style, A* mean, A* stdev, double eps) 
   });
 }
 
+// The forward over blocks. Style statistics come from [N*C] arrays, or from `style` itself,
+// whose block is read in the same task as the content block: one pass over both maps.
 template <typename T, typename A = acc_t<T>>
 void adain_forward_kernel(const at::Tensor& content, const A* style_mean, const A* style_std,
-                          const at::Tensor& out, double eps) {
+                          const at::Tensor* style, const at::Tensor& out, double eps) {
   const int64_t n = content.size(0), c = content.size(1);
   const auto xp = planes_of<const T>(content);
+  const auto sp = style != nullptr ? planes_of<const T>(*style) : xp;
   const auto yp = planes_of<T>(out);
-  const bool direct = in_place(xp) && in_place(yp);
+  const bool direct = in_place(xp) && in_place(yp) && (style == nullptr || in_place(sp));
   const bool streaming = direct && out.nbytes() >= kStreamingBytes;
-  for_each_block<A>(n, c, xp.m, direct, 2, [&](int64_t s, int64_t c0, int64_t cb, A* scratch) {
+  const int64_t width = std::max(xp.m, sp.m);  // scratch row length that fits either map
+  for_each_block<A>(n, c, width, direct, 3, [&](int64_t s, int64_t c0, int64_t cb, A* scratch) {
     const int64_t m = xp.m;
     const A* x = load_block(xp, s, c0, cb, scratch);
-    A* y = block_target(yp, s, c0, scratch + cb * m);
+    A* y = block_target(yp, s, c0, scratch + cb * width);
+    const A* st = style != nullptr ? load_block(sp, s, c0, cb, scratch + 2 * cb * width) : nullptr;
     for (int64_t j = 0; j < cb; ++j) {
       const int64_t k = s * c + c0 + j;
+      A mean_y, std_y;
+      if (st != nullptr) {
+        const Moments<A> ms = plane_moments(st + j * sp.m, sp.m);
+        mean_y = ms.mean;
+        std_y = std::sqrt(ms.var + static_cast<A>(eps));
+      } else {
+        mean_y = style_mean[k];
+        std_y = style_std[k];
+      }
       const A* xj = x + j * m;
       const Moments<A> mo = plane_moments(xj, m);
-      const A scale = style_std[k] / std::sqrt(mo.var + static_cast<A>(eps));
+      const A scale = std_y / std::sqrt(mo.var + static_cast<A>(eps));
       write_plane(y + j * m, m, streaming, [&](A* out_chunk, int64_t begin, int64_t len) {
-        plane_affine(xj + begin, out_chunk, len, mo.mean, scale, style_mean[k]);
+        plane_affine(xj + begin, out_chunk, len, mo.mean, scale, mean_y);
       });
     }
     store_block(yp, s, c0, cb, y);
@@ -463,7 +477,7 @@ at::Tensor adain_fwd(const at::Tensor& content, const at::Tensor& style_mean, co
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_fwd", [&] {
     using A = acc_t<scalar_t>;
     write_into(out, [&](const at::Tensor& o) {
-      adain_forward_kernel<scalar_t>(x, mean_y.data_ptr<A>(), std_y.data_ptr<A>(), o, eps);
+      adain_forward_kernel<scalar_t>(x, mean_y.data_ptr<A>(), std_y.data_ptr<A>(), nullptr, o, eps);
     });
   });
   return out;
@@ -474,15 +488,11 @@ at::Tensor adain_from_style_fwd(const at::Tensor& content, const at::Tensor& sty
   check_feature_map("style", style, content);
   check_eps(eps);
   const at::Tensor x = kernel_layout(content), s = kernel_layout(style);
-  const auto acc_opts = content.options().dtype(acc_type_of(content));
-  at::Tensor mean_s = at::empty({content.size(0), content.size(1)}, acc_opts);
-  at::Tensor std_s = at::empty_like(mean_s);
   at::Tensor out = empty_like_cached(content);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_from_style_fwd", [&] {
     using A = acc_t<scalar_t>;
-    style_stats_kernel<scalar_t>(s, mean_s.data_ptr<A>(), std_s.data_ptr<A>(), eps);
     write_into(out, [&](const at::Tensor& o) {
-      adain_forward_kernel<scalar_t>(x, mean_s.data_ptr<A>(), std_s.data_ptr<A>(), o, eps);
+      adain_forward_kernel<scalar_t, A>(x, nullptr, nullptr, &s, o, eps);
     });
   });
   return out;
