@@ -12,6 +12,8 @@ TORCH_LIBRARY(fastgen_C, m) {
         " -> (Tensor, Tensor, Tensor)");
   m.def("adain_from_style_fwd(Tensor content, Tensor style, float eps) -> Tensor");
   m.def("adain_from_style_bwd(Tensor grad_out, Tensor content, Tensor style, float eps) -> (Tensor, Tensor)");
+  m.def("spectral_norm_step(Tensor weight_mat, Tensor u, Tensor v, int n_power_iterations, float eps)"
+        " -> (Tensor, Tensor, Tensor)");
 
   m.def("cpu_cache_info() -> int[]", &fastgen::cpu_cache_info);
   m.def("cpu_cache_clear() -> ()", &fastgen::cpu_cache_clear);

@@ -2,6 +2,7 @@
 from fastgen.ops._library import BackendUnavailableError
 from fastgen.ops.adain import adain, adain_from_style
 from fastgen.ops.cpu_cache import cpu_cache_clear, cpu_cache_info, cpu_cache_set_limit
+from fastgen.ops.spectral_norm import spectral_norm_step
 
 __all__ = ["BackendUnavailableError", "adain", "adain_from_style", "cpu_cache_clear", "cpu_cache_info",
-           "cpu_cache_set_limit"]
+           "cpu_cache_set_limit", "spectral_norm_step"]

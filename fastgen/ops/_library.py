@@ -11,9 +11,10 @@ Every op gets:
   double backward is the vector-Jacobian product of that backward's reference, so
   second-order gradients (GAN R1 penalties) work on every backend.
 
-A backward spec takes the gradients of the forward outputs followed by the
-forward inputs (without ``impl``), and returns one gradient per Tensor argument
-of the forward, in order.
+A backward spec takes the gradients of the forward outputs that have them, then
+the forward inputs (without ``impl``), then the forward outputs listed in
+``backward_outputs``; it returns one gradient per Tensor argument of the forward that
+takes gradients (all but ``no_grad_inputs``), in order.
 """
 from __future__ import annotations
 
@@ -94,10 +95,15 @@ class OpSpec:
     fake: Callable
     backends: tuple[Backend, ...] = ()
     backward: "OpSpec | None" = None
+    no_grad_inputs: tuple[str, ...] = ()  # Tensor arguments that never get a gradient
+    no_grad_outputs: tuple[int, ...] = ()  # outputs marked non-differentiable
+    backward_outputs: tuple[int, ...] = ()  # forward outputs the backward op also takes
 
     def __post_init__(self) -> None:
         parsed = torch._C.parse_schema(f"fastgen::{self.name}{self.schema}")
         self.arg_is_tensor = tuple(isinstance(a.type, torch.TensorType) for a in parsed.arguments)
+        self.arg_takes_grad = tuple(is_tensor and a.name not in self.no_grad_inputs
+                                    for is_tensor, a in zip(self.arg_is_tensor, parsed.arguments))
 
     @property
     def op(self) -> torch._ops.OpOverload:
@@ -121,7 +127,7 @@ class OpSpec:
             raise ValueError(f"impl={impl!r}: expected one of {', '.join(_backends.BACKEND_CHOICES)}")
         if impl == "auto":
             impl = _backends.forced_backend()
-        if impl == "ref":
+        if impl == "ref" or not self.backends:  # an op with no kernels is its reference on any impl
             return "ref", self.reference
         device = _device_of(args)
         if impl != "auto":
@@ -183,37 +189,53 @@ def define(spec: OpSpec) -> OpSpec:
     return spec
 
 
-_TENSOR = object()  # marks a tensor input's place among the saved constants
+_TENSOR = object()  # marks a tensor's place among the saved constants
 
 
-def _setup(ctx: Any, inputs: tuple, output: Any) -> None:
-    ctx.save_for_backward(*(x for x in inputs if isinstance(x, torch.Tensor)))
-    ctx.constants = [_TENSOR if isinstance(x, torch.Tensor) else x for x in inputs]
+def _setup(ctx: Any, inputs: tuple, output: Any, save_outputs: tuple[int, ...] = ()) -> None:
+    outputs = tuple(output) if isinstance(output, (tuple, list)) else (output,)
+    saved = list(inputs) + [outputs[i] for i in save_outputs]
+    ctx.save_for_backward(*(x for x in saved if isinstance(x, torch.Tensor)))
+    ctx.constants = [_TENSOR if isinstance(x, torch.Tensor) else x for x in saved]
+    ctx.n_inputs = len(inputs)
 
 
-def _saved_inputs(ctx: Any) -> list[Any]:
+def _saved(ctx: Any) -> tuple[list[Any], list[Any]]:
+    """The saved inputs and (when saved) outputs."""
     tensors = iter(ctx.saved_tensors)
-    return [next(tensors) if c is _TENSOR else c for c in ctx.constants]
+    values = [next(tensors) if c is _TENSOR else c for c in ctx.constants]
+    return values[:ctx.n_inputs], values[ctx.n_inputs:]
+
+
+def _grads_per_argument(spec: OpSpec, grads: Any) -> tuple:
+    """Autograd wants one entry per argument (impl included): None where there is no gradient."""
+    grads = iter(grads if isinstance(grads, (tuple, list)) else (grads,))
+    return tuple(next(grads) if takes else None for takes in spec.arg_takes_grad + (False,))
 
 
 def _register_backward_op(spec: OpSpec, qualname: str) -> None:
     backward_op = spec.backward.op
 
-    def backward(ctx: Any, *grads: torch.Tensor) -> tuple:
-        inputs, impl = spec.split_impl(_saved_inputs(ctx))
-        result = backward_op(*grads, *inputs, impl)
-        tensor_grads = iter(result if isinstance(result, (tuple, list)) else (result,))
-        return tuple(next(tensor_grads) if is_tensor else None for is_tensor in spec.arg_is_tensor + (False,))
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        _setup(ctx, inputs, output, spec.backward_outputs)
+        outputs = output if isinstance(output, (tuple, list)) else (output,)
+        ctx.mark_non_differentiable(*(outputs[i] for i in spec.no_grad_outputs))
 
-    torch.library.register_autograd(qualname, backward, setup_context=_setup, lib=_LIB)
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple:
+        saved_inputs, outputs = _saved(ctx)
+        inputs, impl = spec.split_impl(saved_inputs)
+        grads = [g for i, g in enumerate(grads) if i not in spec.no_grad_outputs]
+        return _grads_per_argument(spec, backward_op(*grads, *inputs, *outputs, impl))
+
+    torch.library.register_autograd(qualname, backward, setup_context=setup_context, lib=_LIB)
 
 
 def _register_reference_vjp(spec: OpSpec, qualname: str) -> None:
     """Autograd of an op from its differentiable reference: used for backward ops."""
 
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple:
-        inputs = spec.split_impl(_saved_inputs(ctx))[0]
-        slots = [i for i, is_tensor in enumerate(spec.arg_is_tensor) if is_tensor]
+        inputs = spec.split_impl(_saved(ctx)[0])[0]
+        slots = [i for i, takes in enumerate(spec.arg_takes_grad) if takes]
 
         def reference_of_tensors(*tensors: torch.Tensor) -> Any:
             args = list(inputs)
@@ -226,8 +248,7 @@ def _register_reference_vjp(spec: OpSpec, qualname: str) -> None:
             cotangents = tuple(torch.zeros_like(o) if g is None else g for o, g in zip(outputs, grads))
         else:
             cotangents = grads[0] if grads[0] is not None else torch.zeros_like(outputs)
-        tensor_grads = iter(vjp(cotangents))
-        return tuple(next(tensor_grads) if is_tensor else None for is_tensor in spec.arg_is_tensor + (False,))
+        return _grads_per_argument(spec, vjp(cotangents))
 
     torch.library.register_autograd(qualname, backward, setup_context=_setup, lib=_LIB)
 

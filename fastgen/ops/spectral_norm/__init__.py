@@ -1,0 +1,87 @@
+"""Spectral-norm power iteration: ``fastgen::spectral_norm_step`` and its backward op."""
+from __future__ import annotations
+
+import torch
+
+from fastgen.ops._library import OpSpec, cpp_backend, cuda_backend, define, triton_backend
+from fastgen.ops.spectral_norm.reference import spectral_norm_step_backward_ref, spectral_norm_step_ref
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_SCHEMA = "(Tensor weight_mat, Tensor u, Tensor v, int n_power_iterations, float eps)"
+
+
+def _only_dtypes(*dtypes: torch.dtype):
+    def reject(weight_mat, *args) -> list[str]:
+        if weight_mat.dtype in dtypes:
+            return []
+        return [f"dtype {weight_mat.dtype} is not supported (takes {', '.join(map(str, dtypes))})"]
+    return reject
+
+
+SPECTRAL_NORM_STEP = define(OpSpec(
+    name="spectral_norm_step",
+    schema=_SCHEMA + " -> (Tensor, Tensor, Tensor)",
+    reference=spectral_norm_step_ref,
+    fake=lambda weight_mat, u, v, n_power_iterations, eps: (
+        weight_mat.new_empty(()), torch.empty_like(u), torch.empty_like(v)),
+    backends=(cpp_backend("spectral_norm_step"),
+              triton_backend("fastgen.ops.spectral_norm.triton", "spectral_norm_step"),
+              cuda_backend("spectral_norm_step", _only_dtypes(torch.float32, torch.float64))),
+    # No gradient through the power iteration: sigma = u^T W v with u and v held fixed.
+    no_grad_inputs=("u", "v"),
+    no_grad_outputs=(1, 2),
+    backward_outputs=(1, 2),
+    backward=OpSpec(
+        name="spectral_norm_step_backward",
+        schema="(Tensor grad_sigma, " + _SCHEMA[1:-1] + ", Tensor u_new, Tensor v_new) -> Tensor",
+        reference=spectral_norm_step_backward_ref,
+        fake=lambda grad_sigma, weight_mat, *rest: torch.empty_like(weight_mat, memory_format=torch.contiguous_format),
+    ),
+))
+
+
+def _check_vector(name: str, t: object, length: int, weight_mat: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != (length,):
+        raise ValueError(f"{name} must have shape [{length}] to match weight_mat {tuple(weight_mat.shape)}, "
+                         f"got {tuple(t.shape)}")
+    if t.dtype != weight_mat.dtype:
+        raise TypeError(f"{name} must have the dtype of weight_mat ({weight_mat.dtype}), got {t.dtype}")
+    if t.device != weight_mat.device:
+        raise ValueError(f"{name} must be on the device of weight_mat ({weight_mat.device}), got {t.device}")
+
+
+def check_inputs(weight_mat: object, u: object, v: object, n_power_iterations: object, eps: object) -> None:
+    """Shape, dtype, device and argument checks shared by the op and the spectral_norm module."""
+    if not isinstance(weight_mat, torch.Tensor):
+        raise TypeError(f"weight_mat must be a torch.Tensor, got {type(weight_mat).__name__}")
+    if weight_mat.dim() != 2:
+        raise ValueError(f"weight_mat must be 2-D [out, in], got shape {tuple(weight_mat.shape)}")
+    if weight_mat.numel() == 0:
+        raise ValueError(f"weight_mat must not be empty, got shape {tuple(weight_mat.shape)}")
+    if weight_mat.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"weight_mat must be float32, float64, float16 or bfloat16, got {weight_mat.dtype}")
+    _check_vector("u", u, weight_mat.shape[0], weight_mat)
+    _check_vector("v", v, weight_mat.shape[1], weight_mat)
+    if isinstance(n_power_iterations, bool) or not isinstance(n_power_iterations, int) or n_power_iterations < 1:
+        raise ValueError(f"n_power_iterations must be an int >= 1, got {n_power_iterations!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"eps must be a positive float, got {eps!r}")
+
+
+def spectral_norm_step(weight_mat: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int = 1,
+                       eps: float = 1e-12, *, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n_power_iterations`` of power iteration on W [M, N] from u [M], v [N]; returns (sigma, u_new, v_new).
+
+    Matches ``torch.nn.utils.parametrizations.spectral_norm``: u = normalize(W v), v = normalize(W^T u)
+    with normalize(a) = a / max(|a|, eps), then sigma = u^T W v. sigma (a 0-dim tensor) is
+    differentiable with respect to ``weight_mat`` with u and v held fixed (d sigma / d W = u v^T);
+    u_new and v_new carry no gradient. A weight with NaN or Inf raises ValueError (checked on
+    sigma, outside torch.compile). An all-zero weight gives sigma = 0 and zero u, v.
+    """
+    check_inputs(weight_mat, u, v, n_power_iterations, eps)
+    sigma, u_new, v_new = SPECTRAL_NORM_STEP.op(weight_mat, u, v, n_power_iterations, float(eps), impl)
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(sigma)):
+        raise ValueError("weight_mat contains NaN or Inf: its spectral norm is not finite")
+    return sigma, u_new, v_new
