@@ -23,31 +23,37 @@ using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 constexpr int64_t kRowBlock = 4;  // rows per step: v is read once for four dot products
 
-// t[r] = W_r . v for the kRowBlock rows at w (row stride n), then s += sum_r t[r] * W_r.
+// t[r] = W_r . v for the `rows` rows at w (row stride n), then s += sum_r t[r] * W_r.
+// A full block computes its four dot products in one loop: v is read once, and the
+// four accumulators are independent chains, so the adds do not wait on each other.
 template <typename T, typename A>
 void rows_step(const T* w, int64_t rows, int64_t n, const A* v, A* t, A* s) {
-  A dots[kRowBlock] = {};
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* row = w + r * n;
-    A acc = 0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < n; ++j) acc += static_cast<A>(row[j]) * v[j];
-    dots[r] = acc;
-  }
   if (rows == kRowBlock) {
     const T *w0 = w, *w1 = w + n, *w2 = w + 2 * n, *w3 = w + 3 * n;
+    A d0 = 0, d1 = 0, d2 = 0, d3 = 0;
+#pragma omp simd reduction(+ : d0, d1, d2, d3)
+    for (int64_t j = 0; j < n; ++j) {
+      d0 += static_cast<A>(w0[j]) * v[j];
+      d1 += static_cast<A>(w1[j]) * v[j];
+      d2 += static_cast<A>(w2[j]) * v[j];
+      d3 += static_cast<A>(w3[j]) * v[j];
+    }
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j)
-      s[j] += dots[0] * static_cast<A>(w0[j]) + dots[1] * static_cast<A>(w1[j]) +
-              dots[2] * static_cast<A>(w2[j]) + dots[3] * static_cast<A>(w3[j]);
-  } else {
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* row = w + r * n;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) s[j] += dots[r] * static_cast<A>(row[j]);
-    }
+      s[j] += d0 * static_cast<A>(w0[j]) + d1 * static_cast<A>(w1[j]) + d2 * static_cast<A>(w2[j]) +
+              d3 * static_cast<A>(w3[j]);
+    t[0] = d0, t[1] = d1, t[2] = d2, t[3] = d3;
+    return;
   }
-  std::copy(dots, dots + rows, t);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = w + r * n;
+    A dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < n; ++j) dot += static_cast<A>(row[j]) * v[j];
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) s[j] += dot * static_cast<A>(row[j]);
+    t[r] = dot;
+  }
 }
 
 template <typename A>
