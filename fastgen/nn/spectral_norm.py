@@ -1,0 +1,176 @@
+"""Spectral normalization: a drop-in for ``torch.nn.utils.parametrizations.spectral_norm``."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from fastgen.ops.spectral_norm import spectral_norm_step
+from fastgen.ops.spectral_norm.reference import power_iteration_ref
+
+# torch's warm start: power iterations run on u, v when the parametrization is built.
+_INITIAL_POWER_ITERATIONS = 15
+
+
+class _SpectralNorm(nn.Module):
+    """The parametrization W -> W / sigma(W); its buffers ``_u``, ``_v`` are named as torch's."""
+
+    def __init__(self, weight: torch.Tensor, n_power_iterations: int, dim: int, eps: float) -> None:
+        super().__init__()
+        ndim = weight.ndim
+        if not -ndim <= dim < ndim:
+            raise IndexError(f"Dimension out of range (expected to be in range of [-{ndim}, {ndim - 1}] but got {dim})")
+        self.dim = dim % ndim
+        self.n_power_iterations = n_power_iterations
+        self.eps = eps
+        if ndim > 1:  # a 1-D weight is normalized exactly in forward and needs no u, v
+            weight_mat = self._matrix(weight.detach())
+            # Drawn in torch's order, so the same seed gives the same u, v as torch's spectral_norm.
+            u = F.normalize(weight_mat.new_empty(weight_mat.shape[0]).normal_(0, 1), dim=0, eps=eps)
+            v = F.normalize(weight_mat.new_empty(weight_mat.shape[1]).normal_(0, 1), dim=0, eps=eps)
+            # Plain torch here rather than the op: it runs once, and also on the meta device.
+            u, v = power_iteration_ref(weight_mat, u, v, _INITIAL_POWER_ITERATIONS, eps)
+            self.register_buffer("_u", u.to(weight.dtype))
+            self.register_buffer("_v", v.to(weight.dtype))
+
+    def _matrix(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.movedim(self.dim, 0).flatten(1)
+
+    def sigma(self, weight: torch.Tensor) -> torch.Tensor:
+        """sigma(W) = u^T W v as a 0-dim tensor, differentiable w.r.t. W, clamped below at eps.
+
+        In training mode the power iteration first advances the buffers ``_u``, ``_v``.
+        """
+        weight_mat = self._matrix(weight)
+        # Autograd keeps the u, v that sigma is computed from, while the buffers change in place
+        # (power iteration, load_state_dict, DDP's broadcast) before that graph's backward: use copies.
+        u, v = self._u.clone(), self._v.clone()
+        if self.training:
+            sigma, u, v = spectral_norm_step(weight_mat, u, v, self.n_power_iterations, self.eps)
+            with torch.no_grad():
+                # In place, so the update reaches tensors that DataParallel replicas share with the module.
+                self._u.copy_(u)
+                self._v.copy_(v)
+        else:
+            sigma = torch.vdot(u, torch.mv(weight_mat, v))
+        # An all-zero weight has sigma = 0. The clamp makes it map to 0 rather than NaN; its floor is
+        # at least the dtype's smallest normal number, since float16 rounds eps = 1e-12 to zero.
+        return sigma.clamp_min(max(self.eps, torch.finfo(sigma.dtype).tiny))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if weight.ndim == 1:
+            return F.normalize(weight, dim=0, eps=self.eps)
+        return weight / self.sigma(weight)
+
+    def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
+        # Identity, as torch's: assigning module.weight = W stores W as the original.
+        return value
+
+    def extra_repr(self) -> str:
+        return f"n_power_iterations={self.n_power_iterations}, dim={self.dim}, eps={self.eps}"
+
+
+# The layer without its bias, computed with a given weight: layer(module, input, weight, *forward's other args).
+def _linear(m: nn.Linear, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, weight)
+
+
+def _conv(m: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return m._conv_forward(x, weight, None)  # handles every padding_mode
+
+
+_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def _conv_transpose(m: nn.ConvTranspose2d, x: torch.Tensor, weight: torch.Tensor,
+                    output_size: list[int] | None = None) -> torch.Tensor:
+    nd = weight.ndim - 2
+    output_padding = m._output_padding(x, output_size, m.stride, m.padding, m.kernel_size, nd, m.dilation)
+    return _CONV_TRANSPOSE[nd](x, weight, None, m.stride, m.padding, output_padding, m.groups, m.dilation)
+
+
+def _embedding(m: nn.Embedding, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return F.embedding(idx, weight, m.padding_idx, None, m.norm_type, m.scale_grad_by_freq, m.sparse)
+
+
+_LAYERS = {nn.Linear: _linear, nn.Conv1d: _conv, nn.Conv2d: _conv, nn.Conv3d: _conv,
+           nn.ConvTranspose1d: _conv_transpose, nn.ConvTranspose2d: _conv_transpose,
+           nn.ConvTranspose3d: _conv_transpose, nn.Embedding: _embedding}
+
+
+def _sole_spectral_norm(module: nn.Module) -> _SpectralNorm | None:
+    """The module's weight parametrization when layer(x, W) / sigma equals layer(x, module.weight)."""
+    if not parametrize.is_parametrized(module, "weight") or parametrize._cache_enabled:
+        return None  # removed since, or parametrize.cached() is reusing the computed weight
+    chain = module.parametrizations["weight"]
+    if len(chain) != 1 or not isinstance(chain[0], _SpectralNorm):
+        return None  # another parametrization was registered on the weight since
+    if getattr(module, "max_norm", None) is not None:
+        return None  # Embedding(max_norm=...) renormalizes the weight it is given, in place
+    return chain[0]
+
+
+def _install_forward(module: nn.Module, layer) -> None:
+    """Give the module a forward computing layer(x, W) / sigma + bias, without materializing W / sigma.
+
+    It goes on the class that register_parametrization made for this module alone, so deepcopy
+    keeps it and removing the module's last parametrization (which restores the class) drops it.
+    """
+    cls = type(module)
+    standard_forward = cls.forward
+
+    def forward(self, input, *args, **kwargs):
+        sn = _sole_spectral_norm(self)
+        if sn is None:
+            return standard_forward(self, input, *args, **kwargs)
+        weight = self.parametrizations.weight.original
+        sigma = sn.sigma(weight)
+        out = layer(self, input, weight, *args, **kwargs) / sigma
+        bias = getattr(self, "bias", None)
+        if bias is None:
+            return out
+        # bias broadcasts over channel dim 1 (or 0 for an unbatched conv input); the cast keeps
+        # autocast's output dtype, as the standard layer casts its bias.
+        return out + bias.to(out.dtype).view(-1, *[1] * (weight.ndim - 2))
+
+    cls.forward = forward
+
+
+def spectral_norm(module: nn.Module, name: str = "weight", n_power_iterations: int = 1, eps: float = 1e-12,
+                  dim: int | None = None) -> nn.Module:
+    """Spectral normalization of ``module.<name>``: ``torch.nn.utils.parametrizations.spectral_norm``, faster.
+
+    Same arguments, initial u, v (for the same RNG seed), state_dict keys
+    (``parametrizations.<name>.original``, ``parametrizations.<name>.0._u`` and ``._v``) and results,
+    so state_dicts move between the two in both directions. ``dim`` defaults to 1 for ConvTranspose
+    and to 0 otherwise; the weight is viewed as a matrix [size(dim), -1].
+
+    In training mode each forward runs ``n_power_iterations`` of power iteration on the buffers
+    (one ``fastgen.ops.spectral_norm_step``); in eval mode sigma = u^T W v from the stored u, v.
+    The gradient treats u, v as constants, as torch's does.
+
+    For Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d and Embedding (without max_norm) with
+    ``name="weight"``, forward computes ``layer(x, W) / sigma + bias`` from the original weight and
+    never forms W / sigma. ``module.weight`` still returns W / sigma (and, in training mode, runs a
+    power iteration, as torch's does). An all-zero weight has sigma = 0: sigma is clamped below at
+    eps, so such a layer outputs its bias (or zero) where torch's outputs NaN.
+
+    Works under ``torch.compile(fullgraph=True)`` and DistributedDataParallel (which keeps u, v in
+    sync by broadcasting the buffers). A weight with NaN or Inf raises ValueError in training mode.
+    """
+    weight = getattr(module, name, None)
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"Module '{module}' has no parameter or buffer with name '{name}'")
+    if isinstance(n_power_iterations, bool) or not isinstance(n_power_iterations, int) or n_power_iterations < 1:
+        raise ValueError(f"n_power_iterations must be an int >= 1, got {n_power_iterations!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"eps must be a positive float, got {eps!r}")
+    if dim is None:
+        dim = 1 if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
+    parametrize.register_parametrization(module, name, _SpectralNorm(weight, n_power_iterations, dim, float(eps)))
+    # Only where the standard forward is in use: a subclass's own forward may use the weight otherwise.
+    layer = next((fn for cls, fn in _LAYERS.items() if type(module).forward is cls.forward), None)
+    if name == "weight" and layer is not None:
+        _install_forward(module, layer)
+    return module

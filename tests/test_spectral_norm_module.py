@@ -1,0 +1,292 @@
+"""fastgen.nn.spectral_norm against torch.nn.utils.parametrizations.spectral_norm, its reference."""
+from __future__ import annotations
+
+import copy
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
+
+from fastgen.nn import spectral_norm
+
+LAYERS = {
+    "linear": (lambda: nn.Linear(20, 30), lambda: torch.randn(8, 20)),
+    "conv2d": (lambda: nn.Conv2d(4, 6, 3), lambda: torch.randn(2, 4, 9, 9)),
+    "conv_transpose2d": (lambda: nn.ConvTranspose2d(4, 6, 3), lambda: torch.randn(2, 4, 5, 5)),  # dim=1
+    "embedding": (lambda: nn.Embedding(10, 7), lambda: torch.randint(0, 10, (4, 5))),
+}
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5) -> None:
+    """float32 closeness relative to the tensor's largest entry (sums of products cancel)."""
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * expected.abs().max().item())
+
+
+def pair(make, **kwargs) -> tuple[nn.Module, nn.Module]:
+    """torch's and fastgen's spectral norm on the same layer, built from the same seed."""
+    torch.manual_seed(0)
+    reference = torch_spectral_norm(make(), **kwargs)
+    torch.manual_seed(0)
+    module = spectral_norm(make(), **kwargs)
+    return reference, module
+
+
+def sn(module: nn.Module) -> nn.Module:
+    return module.parametrizations.weight[0]
+
+
+def sigma(module: nn.Module) -> torch.Tensor:
+    """u^T W v from the buffers: the sigma both versions divide by in their last forward."""
+    weight = module.parametrizations.weight.original.detach()
+    weight_mat = weight.movedim(sn(module).dim, 0).flatten(1)
+    return torch.vdot(sn(module)._u, weight_mat @ sn(module)._v)
+
+
+def assert_same_state(module: nn.Module, reference: nn.Module, rtol: float = 1e-5) -> None:
+    close(sn(module)._u, sn(reference)._u, rtol)
+    close(sn(module)._v, sn(reference)._v, rtol)
+    close(sigma(module), sigma(reference), rtol)
+
+
+def assert_same_grads(module: nn.Module, reference: nn.Module, rtol: float = 1e-5) -> None:
+    grads = dict(reference.named_parameters())
+    for name, param in module.named_parameters():
+        if grads[name].grad is None:  # e.g. the last bias, under a gradient penalty
+            assert param.grad is None, name
+        else:
+            close(param.grad, grads[name].grad, rtol)
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_training_matches_torch(layer):
+    make, make_input = LAYERS[layer]
+    reference, module = pair(make)
+    assert module.state_dict().keys() == reference.state_dict().keys()
+    assert_same_state(module, reference)
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (reference, module)]
+    x = make_input()
+    for step in range(4):
+        outputs = [m(x) for m in (reference, module)]
+        close(outputs[1], outputs[0])
+        assert_same_state(module, reference, rtol=1e-5 * (step + 1))
+        target = torch.randn_like(outputs[0])
+        for out, optimizer in zip(outputs, optimizers):
+            optimizer.zero_grad()
+            (out - target).square().mean().backward()
+        assert_same_grads(module, reference)
+        for optimizer in optimizers:
+            optimizer.step()
+
+    # Eval mode: no power iteration, sigma from the stored u, v.
+    reference.eval()
+    module.eval()
+    u, v = sn(module)._u.clone(), sn(module)._v.clone()
+    for m in (reference, module):
+        m.zero_grad()
+        m(x).sum().backward()
+    close(module(x), reference(x))
+    assert_same_grads(module, reference)
+    assert torch.equal(sn(module)._u, u) and torch.equal(sn(module)._v, v)
+
+
+def test_layer_variants_match_torch():
+    """Other layers, options and input shapes of the replaced forward, against torch."""
+    cases = [
+        (lambda: nn.Conv1d(3, 5, 3, padding=1, padding_mode="reflect"), (torch.randn(2, 3, 8),), {}),
+        (lambda: nn.Conv2d(4, 6, 3, bias=False), (torch.randn(4, 9, 9),), {}),  # unbatched input
+        (lambda: nn.Conv3d(2, 4, 3, groups=2), (torch.randn(1, 2, 5, 5, 5),), {}),
+        (lambda: nn.ConvTranspose1d(3, 4, 3), (torch.randn(2, 3, 7),), {}),
+        (lambda: nn.ConvTranspose2d(4, 6, 3, stride=2), (torch.randn(2, 4, 5, 5), [12, 12]), {}),  # output_size
+        (lambda: nn.ConvTranspose3d(2, 3, 2), (torch.randn(1, 2, 3, 3, 3),), {}),
+        (lambda: nn.Linear(6, 5), (torch.randn(3, 6),), {"n_power_iterations": 3, "dim": 1}),
+        (lambda: nn.Embedding(10, 4, padding_idx=0, max_norm=1.0), (torch.randint(0, 10, (6,)),), {}),
+    ]
+    for make, inputs, kwargs in cases:
+        reference, module = pair(make, **kwargs)
+        outputs = [m(*inputs) for m in (reference, module)]
+        close(outputs[1], outputs[0])
+        for out in outputs:
+            out.square().sum().backward()
+        assert_same_grads(module, reference)
+        assert_same_state(module, reference)
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_forward_never_forms_the_normalized_weight(layer):
+    """The replaced forward divides the output by sigma; reading module.weight would iterate twice."""
+    make, make_input = LAYERS[layer]
+    module = spectral_norm(make())
+
+    def fail(weight):
+        raise AssertionError("forward computed W / sigma")
+
+    sn(module).forward = fail
+    module(make_input()).sum().backward()
+
+
+def test_autocast_output_dtype_matches_torch():
+    reference, module = pair(lambda: nn.Linear(20, 30))
+    x = torch.randn(8, 20)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = [m(x) for m in (reference, module)]
+    assert outputs[1].dtype == outputs[0].dtype == torch.bfloat16
+    close(outputs[1].float(), outputs[0].float(), rtol=1e-2)
+
+
+def test_weight_property_and_one_dimensional_weight():
+    reference, module = pair(lambda: nn.Linear(6, 5))
+    close(module.weight, reference.weight)  # one more power iteration each, read through the property
+    assert_same_state(module, reference)
+    reference, module = pair(lambda: nn.BatchNorm1d(5))  # 1-D weight: normalized exactly, no u, v
+    assert module.state_dict().keys() == reference.state_dict().keys()
+    close(module.weight, reference.weight)
+
+
+def test_two_forwards_then_one_backward():
+    """The GAN pattern D(real) - D(fake): u, v change between the forwards, backward still works."""
+    reference, module = pair(lambda: nn.Linear(20, 30))
+    real, fake = torch.randn(4, 20), torch.randn(4, 20)
+    for m in (reference, module):
+        (m(real).mean() - m(fake).mean()).backward()
+    assert_same_grads(module, reference)
+    assert_same_state(module, reference)
+
+
+@pytest.mark.parametrize("source_fn, target_fn", [(torch_spectral_norm, spectral_norm),
+                                                   (spectral_norm, torch_spectral_norm)],
+                         ids=["torch_to_fastgen", "fastgen_to_torch"])
+def test_state_dict_round_trip(source_fn, target_fn):
+    make, make_input = LAYERS["conv2d"]
+    x = make_input()
+    torch.manual_seed(0)
+    source = source_fn(make())
+    for _ in range(2):  # move u, v away from their initial values
+        source(x).sum().backward()
+    torch.manual_seed(1)  # another weight and initial u, v, so the load has to overwrite them all
+    target = target_fn(make())
+    target.load_state_dict(source.state_dict())
+    assert_same_state(target, source)
+    for training in (False, True):
+        source.train(training)
+        target.train(training)
+        close(target(x), source(x))
+        assert_same_state(target, source)
+
+
+def test_compile_fullgraph_matches_eager():
+    torch.manual_seed(0)
+    eager = nn.Sequential(spectral_norm(nn.Conv2d(4, 6, 3)), nn.LeakyReLU(0.2), nn.Flatten(),
+                          spectral_norm(nn.Linear(6 * 7 * 7, 1)))
+    compiled_module = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_module, fullgraph=True)
+    x = torch.randn(2, 4, 9, 9)
+    for mode in ("train", "eval", "train"):
+        for m in (eager, compiled_module):
+            m.train(mode == "train")
+            m.zero_grad()
+        outputs = [eager(x), compiled(x)]
+        close(outputs[1], outputs[0])
+        for out in outputs:
+            out.sum().backward()
+        assert_same_grads(compiled_module, eager)
+        for i in (0, 3):
+            assert_same_state(compiled_module[i], eager[i])
+
+
+def test_zero_weight_gives_bias():
+    """sigma = 0 is clamped to eps: the layer outputs its bias, where torch's outputs NaN."""
+    module = spectral_norm(nn.Linear(5, 3))
+    with torch.no_grad():
+        module.parametrizations.weight.original.zero_()
+    x = torch.randn(4, 5)
+    for training in (True, False):
+        module.train(training)
+        out = module(x)
+        torch.testing.assert_close(out, module.bias.expand(4, 3))
+        out.sum().backward()
+        assert all(torch.isfinite(p.grad).all() for p in module.parameters())
+        assert torch.isfinite(module.weight).all()
+    conv = spectral_norm(nn.Conv2d(2, 3, 3, bias=False))
+    with torch.no_grad():
+        conv.parametrizations.weight.original.zero_()
+    assert torch.equal(conv(torch.randn(1, 2, 5, 5)), torch.zeros(1, 3, 3, 3))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="'kernel'"):
+        spectral_norm(nn.Linear(3, 4), name="kernel")
+    for n in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="n_power_iterations"):
+            spectral_norm(nn.Linear(3, 4), n_power_iterations=n)
+    for eps in (0.0, -1e-12):
+        with pytest.raises(ValueError, match="eps"):
+            spectral_norm(nn.Linear(3, 4), eps=eps)
+    with pytest.raises(IndexError):
+        spectral_norm(nn.Linear(3, 4), dim=2)
+
+
+def test_removing_the_parametrization_restores_the_layer():
+    module = spectral_norm(nn.Linear(6, 5))
+    x = torch.randn(2, 6)
+    module.eval()
+    expected = module(x)
+    parametrize.remove_parametrizations(module, "weight")
+    assert type(module) is nn.Linear
+    close(module(x), expected)
+
+
+def test_gradient_penalty_matches_torch():
+    """Second order: backward of |d D(x) / d x|^2, the R1 / WGAN-GP penalty."""
+    def discriminator(sn_fn):
+        torch.manual_seed(0)
+        return nn.Sequential(sn_fn(nn.Conv2d(3, 4, 3)), nn.Softplus(), nn.Flatten(), sn_fn(nn.Linear(4 * 5 * 5, 1)))
+
+    reference, module = discriminator(torch_spectral_norm), discriminator(spectral_norm)
+    x = torch.randn(3, 3, 7, 7)
+    penalties = []
+    for m in (reference, module):
+        xi = x.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(m(xi).sum(), xi, create_graph=True)
+        penalty = grad.flatten(1).norm(dim=1).square().mean()
+        penalty.backward()
+        penalties.append(penalty.detach())
+    close(penalties[1], penalties[0])
+    assert_same_grads(module, reference)
+
+
+def _ddp_worker(rank: int, world_size: int, port: int) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)
+        model = nn.Sequential(spectral_norm(nn.Conv2d(3, 4, 3)), nn.LeakyReLU(0.2), nn.Flatten(),
+                              spectral_norm(nn.Linear(4 * 6 * 6, 1)))
+        ddp = nn.parallel.DistributedDataParallel(model)
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        torch.manual_seed(1 + rank)  # different data per rank
+        for _ in range(3):
+            # Two forwards, one backward (D(real) - D(fake)): DDP's buffer broadcast in the second
+            # forward writes u, v in place while the first forward's graph still needs them.
+            real, fake = ddp(torch.randn(4, 3, 8, 8)), ddp(torch.randn(4, 3, 8, 8))
+            assert torch.isfinite(real).all() and torch.isfinite(fake).all()
+            optimizer.zero_grad()
+            (real.mean() - fake.mean()).backward()
+            optimizer.step()
+        for layer in (model[0], model[3]):
+            for buffer in (sn(layer)._u, sn(layer)._v):
+                gathered = [torch.empty_like(buffer) for _ in range(world_size)]
+                dist.all_gather(gathered, buffer)
+                assert torch.equal(gathered[0], gathered[1])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_data_parallel_keeps_u_v_in_sync():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port), nprocs=2)
