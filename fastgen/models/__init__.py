@@ -1,0 +1,7 @@
+"""Reference GAN models built on fastgen.nn: SN-GAN and WGAN-GP at 32x32."""
+from fastgen.models import sngan, wgan_gp
+from fastgen.models.sngan import Discriminator, Generator, apply_spectral_norm, d_hinge_loss, g_hinge_loss
+from fastgen.models.wgan_gp import Critic, critic_loss, generator_loss, gradient_penalty
+
+__all__ = ["Critic", "Discriminator", "Generator", "apply_spectral_norm", "critic_loss", "d_hinge_loss",
+           "g_hinge_loss", "generator_loss", "gradient_penalty", "sngan", "wgan_gp"]
