@@ -1,5 +1,5 @@
-// CUDA implementations of the fastgen_C AdaIN ops (schemas in csrc/registration.cpp): validate,
-// allocate outputs, and call the torch-free launchers in adain.cu.
+// CUDA implementations of the fastgen_C ops (schemas in csrc/registration.cpp): validate,
+// allocate outputs, and call the torch-free launchers in adain.cu and spectral_norm.cu.
 #include <climits>
 #include <tuple>
 #include <type_traits>
@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "adain.cuh"
+#include "spectral_norm.cuh"
 
 namespace {
 
@@ -164,6 +165,57 @@ std::tuple<at::Tensor, at::Tensor> adain_from_style_bwd(const at::Tensor& grad_o
   return {grad_content.finish(), grad_style.finish()};
 }
 
+void check_spectral_norm_inputs(const at::Tensor& weight_mat, const at::Tensor& u,
+                                const at::Tensor& v, int64_t n_power_iterations, double eps) {
+  TORCH_CHECK(weight_mat.is_cuda(), "spectral_norm_step: the CUDA kernels need CUDA tensors, got ",
+              weight_mat.device());
+  TORCH_CHECK(weight_mat.dim() == 2 && weight_mat.numel() > 0,
+              "spectral_norm_step: weight_mat must be a non-empty 2-D tensor, got ",
+              weight_mat.sizes());
+  TORCH_CHECK(weight_mat.scalar_type() == at::kFloat || weight_mat.scalar_type() == at::kDouble,
+              "spectral_norm_step: the CUDA kernels take float32 or float64, got ",
+              weight_mat.scalar_type());
+  const int64_t m = weight_mat.size(0), n = weight_mat.size(1);
+  TORCH_CHECK(u.dim() == 1 && u.size(0) == m, "spectral_norm_step: u must have shape [", m,
+              "], got ", u.sizes());
+  TORCH_CHECK(v.dim() == 1 && v.size(0) == n, "spectral_norm_step: v must have shape [", n,
+              "], got ", v.sizes());
+  for (const at::Tensor* t : {&u, &v}) {
+    TORCH_CHECK(t->device() == weight_mat.device() && t->scalar_type() == weight_mat.scalar_type(),
+                "spectral_norm_step: u and v must match weight_mat's device and dtype (",
+                weight_mat.device(), ", ", weight_mat.scalar_type(), "), got ", t->device(), ", ",
+                t->scalar_type());
+  }
+  TORCH_CHECK(n_power_iterations >= 1, "spectral_norm_step: n_power_iterations must be >= 1, got ",
+              n_power_iterations);
+  TORCH_CHECK(eps > 0, "spectral_norm_step: eps must be positive, got ", eps);
+}
+
+// u's value is not read: the first power-iteration step overwrites it (its shape, dtype and device
+// are still checked, as the schema's other backends do).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spectral_norm_step(const at::Tensor& weight_mat,
+                                                                  const at::Tensor& u,
+                                                                  const at::Tensor& v,
+                                                                  int64_t n_power_iterations,
+                                                                  double eps) {
+  check_spectral_norm_inputs(weight_mat, u, v, n_power_iterations, eps);
+  const c10::cuda::CUDAGuard guard(weight_mat.device());
+  const at::Tensor w = weight_mat.contiguous(), v_in = v.contiguous();
+  const int64_t m = w.size(0), n = w.size(1);
+  at::Tensor sigma = at::empty({}, w.options());
+  at::Tensor u_new = at::empty({m}, w.options()), v_new = at::empty({n}, w.options());
+  at::Tensor workspace = at::empty({fastgen::spectral_norm_workspace_size(m, n)}, w.options());
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "spectral_norm_step", [&] {
+    const cudaError_t err = fastgen::spectral_norm_step_cuda<scalar_t>(
+        w.data_ptr<scalar_t>(), v_in.data_ptr<scalar_t>(), sigma.data_ptr<scalar_t>(),
+        u_new.data_ptr<scalar_t>(), v_new.data_ptr<scalar_t>(), workspace.data_ptr<scalar_t>(), m,
+        n, n_power_iterations, eps, at::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(err == cudaSuccess, "spectral_norm_step: CUDA kernel launch failed: ",
+                cudaGetErrorString(err));
+  });
+  return {sigma, u_new, v_new};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgen_C, CUDA, m) {
@@ -171,4 +223,5 @@ TORCH_LIBRARY_IMPL(fastgen_C, CUDA, m) {
   m.impl("adain_bwd", TORCH_FN(adain_bwd));
   m.impl("adain_from_style_fwd", TORCH_FN(adain_from_style_fwd));
   m.impl("adain_from_style_bwd", TORCH_FN(adain_from_style_bwd));
+  m.impl("spectral_norm_step", TORCH_FN(spectral_norm_step));
 }
