@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fastgen-installed
 NATIVE := CMakeLists.txt setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cuh')
 RESULTS := bench-results
+# benchmarks/bench_<suite>.py, each run by `make bench` under both allocator settings
+BENCH_SUITES := adain spectral_norm
 
 .PHONY: install test bench cuda-check info
 
@@ -33,14 +35,18 @@ cuda-check: install
 	  && echo "cuda-check: csrc/cuda/*.cu compiled for sm_80 and sm_90"; \
 	else echo "cuda-check: SKIPPED: nvcc is not on PATH, the CUDA kernels were not compiled"; fi
 
-# One run per allocator setting (fresh multi-MiB allocations page-fault, and THP changes how
-# much): the report puts both side by side with the copy bandwidth measured in each run.
+# Each suite runs once per allocator setting (fresh multi-MiB allocations page-fault, and THP
+# changes how much); one report reads every JSON, with the copy bandwidth measured in each run.
 bench: install
 	mkdir -p $(RESULTS)
-	$(PY) -m pytest benchmarks/bench_adain.py -q -p no:cacheprovider --benchmark-json=$(RESULTS)/adain-default.json
-	THP_MEM_ALLOC_ENABLE=1 $(PY) -m pytest benchmarks/bench_adain.py -q -p no:cacheprovider \
-	  --benchmark-json=$(RESULTS)/adain-thp.json
-	$(PY) benchmarks/report.py $(RESULTS)/adain-default.json $(RESULTS)/adain-thp.json --png $(RESULTS)/adain.png
+	set -e; for suite in $(BENCH_SUITES); do \
+	  $(PY) -m pytest benchmarks/bench_$$suite.py -q -p no:cacheprovider \
+	    --benchmark-json=$(RESULTS)/$$suite-default.json; \
+	  THP_MEM_ALLOC_ENABLE=1 $(PY) -m pytest benchmarks/bench_$$suite.py -q -p no:cacheprovider \
+	    --benchmark-json=$(RESULTS)/$$suite-thp.json; \
+	done
+	$(PY) benchmarks/report.py --png $(RESULTS)/bench.png \
+	  $(foreach suite,$(BENCH_SUITES),$(RESULTS)/$(suite)-default.json $(RESULTS)/$(suite)-thp.json)
 
 info: install
 	$(PY) -m fastgen info

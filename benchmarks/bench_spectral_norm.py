@@ -1,0 +1,231 @@
+"""Spectral-norm benchmarks: one training step's spectral norm per layer, and a SN-GAN discriminator step.
+
+Run (one JSON per allocator setting, read by ``benchmarks/report.py`` together with the AdaIN suite's):
+
+    PYTHONPATH=. python -m pytest benchmarks/bench_spectral_norm.py -q --benchmark-json=OUT.json
+    THP_MEM_ALLOC_ENABLE=1 PYTHONPATH=. python -m pytest benchmarks/bench_spectral_norm.py -q --benchmark-json=OUT2.json
+
+All float32 on CPU, train mode (the weight is a Parameter, so autograd records what needs it),
+one power iteration, u and v carried over from round to round as training does.
+
+``spectral_norm_step`` groups, one per weight matrix [M, N] = [out, in * kernel]: 512x4608
+(Conv2d(512, 512, 3)), 1024x1024 (Linear(1024, 1024)), 64x1024 (Conv2d(64, 64, 4)). Providers:
+    fastgen         the op fastgen's spectral-norm layer runs per training step:
+                    ``fastgen.ops.spectral_norm_step(W.flatten(1), u, v)`` -> sigma and the new u, v.
+                    The layer divides its output by sigma (conv(x, W) / sigma + b), so no W / sigma here.
+    fastgen-op-cpu  the same op forced to the C++ kernel (``impl="cpu"``; ``fastgen`` is ``impl="auto"``)
+    fastgen-sigma   what the layer's forward actually calls per step: the spectral-norm parametrization's
+                    ``sigma(W)`` of a layer wrapped by ``fastgen.nn.spectral_norm``, i.e. the op plus the
+                    layer's bookkeeping (copies of u, v, the in-place buffer update, the clamp of sigma)
+    torch           ``torch.nn.utils.parametrizations.spectral_norm`` on the real layer: reading
+                    ``layer.weight`` in train mode, which runs the power iteration and returns W / sigma,
+                    as the layer's forward does every step
+    compile         ``torch.compile`` of the same step written by hand (u = normalize(W v),
+                    v = normalize(W^T u), sigma = u . (W v), W / sigma); compiled before timing,
+                    ``compile_s`` and ``compile_cache_hits`` in extra_info
+    fastgen-weight  ``layer.weight`` of a layer wrapped by ``fastgen.nn.spectral_norm``: W / sigma
+                    materialized, as torch's parametrization returns it (for transparency: the layer's
+                    own forward does not need it)
+The two layer providers are skipped while fastgen.nn.spectral_norm is missing.
+``bytes_moved`` is the floor of what the provider computes, in bytes: reading W once for the power
+iteration (fastgen's kernel does all of it in one pass) plus u, v in and out; the providers that
+return W / sigma need a second read of W and a write of W / sigma (sigma needs all of W first).
+W is at most 9.4 MB here and fits in the last-level cache, so ``x floor`` (measured against a
+256 MiB copy) can drop below 1.
+
+``sngan_d_step`` group: one discriminator step of ``fastgen.models.sngan.Discriminator()`` (its default
+widths) at batch 64, 3x32x32: forward on a real batch and on a fake batch (two forwards, as
+``sngan.train_step`` does, so the power iteration runs twice), ``sngan.d_hinge_loss`` and its backward
+to every parameter. No optimizer step: it costs the same with and without spectral norm,
+and leaving the weights fixed keeps every round the same work. Real and fake batches are random
+values in [-1, 1] (D's cost does not depend on them; the fake batch would come from G, detached).
+Providers: ``none`` (``use_spectral_norm=False``), ``torch`` and ``fastgen`` (``spectral_norm=`` torch's
+parametrization or ``fastgen.nn.spectral_norm``). The spectral-norm overhead is a small part of a
+~0.15 s step on a noisy 2-core machine, so the SN providers time a no-SN step untimed by pytest-benchmark
+just before each of their rounds (``baseline_s`` in extra_info): the report takes the overhead as the
+median of the paired differences, which other processes' load skews far less than a difference of
+medians taken minutes apart. FASTGEN_BENCH_SNGAN_ROUNDS sets the rounds (default 20).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import time
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch._dynamo.utils import counters
+
+import fastgen.nn
+import fastgen.ops
+
+SUITE = "spectral_norm"
+EPS = 1e-12
+DTYPE = torch.float32
+N_POWER_ITERATIONS = 1
+# Weight matrix [out, in * kernel] -> a layer whose weight flattens to it.
+LAYERS = {
+    (512, 4608): lambda: nn.Conv2d(512, 512, 3, padding=1),
+    (1024, 1024): lambda: nn.Linear(1024, 1024),
+    (64, 1024): lambda: nn.Conv2d(64, 64, 4, stride=2, padding=1),
+}
+STEP_PROVIDERS = ["torch", "compile", "fastgen", "fastgen-op-cpu", "fastgen-sigma", "fastgen-weight"]
+SNGAN_PROVIDERS = ["none", "torch", "fastgen"]
+SNGAN_BATCH = (64, 3, 32, 32)
+SNGAN_ROUNDS = int(os.environ.get("FASTGEN_BENCH_SNGAN_ROUNDS", "20"))
+
+
+def shape_id(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def step_bytes_moved(provider: str, shape: tuple[int, int], itemsize: int) -> int:
+    """Read W once, read u and v, write u and v; W / sigma adds a second read of W and a write."""
+    m, n = shape
+    weight_passes = 1 if provider in ("fastgen", "fastgen-op-cpu", "fastgen-sigma") else 3
+    return (weight_passes * m * n + 2 * (m + n)) * itemsize
+
+
+def fastgen_spectral_norm():
+    """``fastgen.nn.spectral_norm`` (the function, also when the name is still its submodule), else skip."""
+    fn = getattr(fastgen.nn, "spectral_norm", None)
+    if fn is None:
+        try:
+            fn = importlib.import_module("fastgen.nn.spectral_norm")
+        except ImportError as exc:
+            pytest.skip(f"fastgen.nn.spectral_norm is not there yet ({exc})")
+    if isinstance(fn, types.ModuleType):
+        fn = getattr(fn, "spectral_norm", None)
+    if not callable(fn):
+        pytest.skip("fastgen.nn.spectral_norm is not there yet (no spectral_norm function)")
+    return fn
+
+
+def sngan():
+    try:
+        return importlib.import_module("fastgen.models.sngan")
+    except ImportError as exc:
+        pytest.skip(f"fastgen.models.sngan is not there yet ({exc})")
+
+
+def unit_vectors(shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return tuple(F.normalize(torch.randn(k, generator=gen, dtype=DTYPE), dim=0, eps=EPS) for k in shape)
+
+
+def compiled_step_ref(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor):
+    """torch's parametrization written out: power iteration without gradient, sigma = u . (W v), W / sigma."""
+    weight_mat = weight.flatten(1)
+    with torch.no_grad():
+        u = F.normalize(torch.mv(weight_mat, v), dim=0, eps=EPS)
+        v = F.normalize(torch.mv(weight_mat.t(), u), dim=0, eps=EPS)
+    sigma = torch.dot(u, torch.mv(weight_mat, v))
+    return weight / sigma, u, v
+
+
+def make_step(provider: str, shape: tuple[int, int]):
+    """A no-argument function running ``provider``'s step; u, v advance on every call."""
+    torch.manual_seed(0)
+    layer = LAYERS[shape]().to(DTYPE).train()
+    if provider == "torch":
+        layer = torch.nn.utils.parametrizations.spectral_norm(layer, n_power_iterations=N_POWER_ITERATIONS, eps=EPS)
+        return lambda: layer.weight
+    if provider in ("fastgen-weight", "fastgen-sigma"):
+        layer = fastgen_spectral_norm()(layer, n_power_iterations=N_POWER_ITERATIONS, eps=EPS).train()
+        if provider == "fastgen-weight":
+            return lambda: layer.weight
+        parametrization, weight = layer.parametrizations.weight[0], layer.parametrizations.weight.original
+        if not callable(getattr(parametrization, "sigma", None)):
+            pytest.skip(f"{type(parametrization).__name__} has no sigma(weight) method to time alone")
+        return lambda: parametrization.sigma(weight)
+    weight = layer.weight
+    state = list(unit_vectors(shape))  # rebound each call, as the layer keeps the newest u, v
+    if provider == "compile":
+        # A clean slate, so compile_s is a full compile; dynamic=False specializes each shape as a user would.
+        torch._dynamo.reset()
+        compiled = torch.compile(compiled_step_ref, fullgraph=True, dynamic=False)
+
+        def compile_step():
+            weight_sn, state[0], state[1] = compiled(weight, *state)
+            return weight_sn
+        return compile_step
+    impl = "cpu" if provider == "fastgen-op-cpu" else "auto"
+
+    def fastgen_step():
+        sigma, state[0], state[1] = fastgen.ops.spectral_norm_step(
+            weight.flatten(1), *state, N_POWER_ITERATIONS, EPS, impl=impl)
+        return sigma
+    return fastgen_step
+
+
+def common_info(op: str, provider: str, shape: tuple[int, ...]) -> dict:
+    return {"suite": SUITE, "op": op, "provider": provider, "shape": list(shape),
+            "dtype": str(DTYPE).removeprefix("torch."), "n_power_iterations": N_POWER_ITERATIONS,
+            "allocator": os.environ.get("THP_MEM_ALLOC_ENABLE", "default")}
+
+
+@pytest.mark.parametrize("provider", STEP_PROVIDERS)
+@pytest.mark.parametrize("shape", list(LAYERS), ids=shape_id)
+def test_spectral_norm_step(benchmark, shape, provider):
+    step = make_step(provider, shape)
+    benchmark.group = f"spectral_norm_step {shape_id(shape)}"
+    benchmark.extra_info.update({
+        **common_info("spectral_norm_step", provider, shape), "layer": repr(LAYERS[shape]()),
+        "bytes_moved": step_bytes_moved(provider, shape, DTYPE.itemsize)})
+    # Warm-up outside the timed region: compiles, faults pages in, and finds a missing kernel.
+    cache_hits, start = counters["inductor"]["fxgraph_cache_hit"], time.perf_counter()
+    try:
+        step()
+    except fastgen.ops.BackendUnavailableError as exc:
+        pytest.skip(f"{provider}: {exc}")
+    if provider == "compile":
+        # Inductor's on-disk cache turns a repeat compile into a load: say which one was timed.
+        benchmark.extra_info["compile_s"] = time.perf_counter() - start
+        benchmark.extra_info["compile_cache_hits"] = counters["inductor"]["fxgraph_cache_hit"] - cache_hits
+    benchmark(step)
+
+
+def make_discriminator_step(provider: str):
+    """A no-argument D step (two forwards, hinge loss, backward; no optimizer step) for ``provider``."""
+    models = sngan()
+    spectral_norm = (fastgen_spectral_norm() if provider == "fastgen"
+                     else torch.nn.utils.parametrizations.spectral_norm if provider == "torch" else None)
+    torch.manual_seed(0)  # the same weights for every provider
+    try:
+        hinge_loss = models.d_hinge_loss
+        disc = (models.Discriminator(use_spectral_norm=False) if spectral_norm is None
+                else models.Discriminator(use_spectral_norm=True, spectral_norm=spectral_norm))
+    except AttributeError as exc:
+        pytest.skip(f"fastgen.models.sngan is not complete yet ({exc})")
+    disc = disc.to(DTYPE).train()
+    params = [p for p in disc.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(2)
+    real, fake = (torch.rand(SNGAN_BATCH, generator=gen, dtype=DTYPE) * 2 - 1 for _ in range(2))
+
+    def d_step():
+        loss = hinge_loss(disc(real), disc(fake))
+        # autograd.grad returns the gradients instead of accumulating them into .grad
+        return torch.autograd.grad(loss, params)
+    return d_step
+
+
+@pytest.mark.parametrize("provider", SNGAN_PROVIDERS)
+def test_sngan_d_step(benchmark, provider):
+    step = make_discriminator_step(provider)
+    benchmark.group = f"sngan_d_step {shape_id(SNGAN_BATCH)}"
+    benchmark.extra_info.update({**common_info("sngan_d_step", provider, SNGAN_BATCH), "optimizer_step": False})
+    step()  # warm-up: first-call allocations, oneDNN primitive creation
+    setup = None
+    if provider != "none":
+        baseline, baseline_s = make_discriminator_step("none"), []
+        baseline()
+
+        def setup():  # untimed by pytest-benchmark: the paired no-SN step just before each timed round
+            start = time.perf_counter()
+            baseline()
+            baseline_s.append(time.perf_counter() - start)
+        benchmark.extra_info["baseline_s"] = baseline_s
+    benchmark.pedantic(step, setup=setup, rounds=SNGAN_ROUNDS, iterations=1, warmup_rounds=0)
