@@ -117,7 +117,7 @@ def test_layer_variants_match_torch():
 
 
 @pytest.mark.parametrize("layer", LAYERS)
-def test_forward_never_forms_the_normalized_weight(layer):
+def test_forward_does_not_go_through_the_parametrization(layer):
     """The replaced forward divides the output by sigma; reading module.weight would iterate twice."""
     make, make_input = LAYERS[layer]
     module = spectral_norm(make())
@@ -281,6 +281,7 @@ def _ddp_worker(rank: int, world_size: int, port: int) -> None:
                 gathered = [torch.empty_like(buffer) for _ in range(world_size)]
                 dist.all_gather(gathered, buffer)
                 assert torch.equal(gathered[0], gathered[1])
+        dist.barrier()  # no rank tears gloo down while the other still talks to it (SIGABRT)
     finally:
         dist.destroy_process_group()
 
@@ -290,3 +291,19 @@ def test_distributed_data_parallel_keeps_u_v_in_sync():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(2, port), nprocs=2)
+
+
+@pytest.mark.parametrize("batch", [2, 64], ids=["output-smaller-than-weight", "output-larger-than-weight"])
+def test_both_ways_of_applying_sigma_match_torch(batch):
+    """1/sigma goes on the output for small outputs and on the weight for large ones: same results."""
+    torch.manual_seed(0)
+    ours = spectral_norm(torch.nn.Linear(16, 12))
+    torch.manual_seed(0)
+    theirs = torch_spectral_norm(torch.nn.Linear(16, 12))
+    x = torch.randn(batch, 16)
+    out, ref = ours(x), theirs(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    torch.testing.assert_close(ours.parametrizations.weight.original.grad,
+                               theirs.parametrizations.weight.original.grad, rtol=1e-5, atol=1e-6)

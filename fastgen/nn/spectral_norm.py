@@ -1,6 +1,8 @@
 """Spectral normalization: a drop-in for ``torch.nn.utils.parametrizations.spectral_norm``."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -94,9 +96,30 @@ def _embedding(m: nn.Embedding, idx: torch.Tensor, weight: torch.Tensor) -> torc
     return F.embedding(idx, weight, m.padding_idx, None, m.norm_type, m.scale_grad_by_freq, m.sparse)
 
 
-_LAYERS = {nn.Linear: _linear, nn.Conv1d: _conv, nn.Conv2d: _conv, nn.Conv3d: _conv,
-           nn.ConvTranspose1d: _conv_transpose, nn.ConvTranspose2d: _conv_transpose,
-           nn.ConvTranspose3d: _conv_transpose, nn.Embedding: _embedding}
+# About how many elements layer(x, W) has, from shapes alone (so it is a static choice under
+# torch.compile): the 1/sigma goes onto the output only where that is the smaller tensor.
+def _linear_size(m: nn.Linear, x: torch.Tensor) -> int:
+    return x.numel() // m.in_features * m.out_features
+
+
+def _conv_size(m: nn.Conv2d, x: torch.Tensor) -> int:
+    return x.numel() // m.in_channels * m.out_channels // math.prod(m.stride)
+
+
+def _conv_transpose_size(m: nn.ConvTranspose2d, x: torch.Tensor) -> int:
+    return x.numel() // m.in_channels * m.out_channels * math.prod(m.stride)
+
+
+def _embedding_size(m: nn.Embedding, idx: torch.Tensor) -> int:
+    return idx.numel() * m.embedding_dim
+
+
+_LAYERS = {nn.Linear: (_linear, _linear_size),
+           nn.Conv1d: (_conv, _conv_size), nn.Conv2d: (_conv, _conv_size), nn.Conv3d: (_conv, _conv_size),
+           nn.ConvTranspose1d: (_conv_transpose, _conv_transpose_size),
+           nn.ConvTranspose2d: (_conv_transpose, _conv_transpose_size),
+           nn.ConvTranspose3d: (_conv_transpose, _conv_transpose_size),
+           nn.Embedding: (_embedding, _embedding_size)}
 
 
 def _sole_spectral_norm(module: nn.Module) -> _SpectralNorm | None:
@@ -111,9 +134,12 @@ def _sole_spectral_norm(module: nn.Module) -> _SpectralNorm | None:
     return chain[0]
 
 
-def _install_forward(module: nn.Module, layer) -> None:
-    """Give the module a forward computing layer(x, W) / sigma + bias, without materializing W / sigma.
+def _install_forward(module: nn.Module, layer, output_size) -> None:
+    """Give the module a forward that applies 1/sigma to the smaller of the weight and the output.
 
+    layer(x, W) / sigma + bias never materializes W / sigma, but autograd then keeps the undivided
+    output for sigma's gradient and the division costs a pass over the output: worth it only when
+    the output is smaller than the weight (deep, narrow layers); wide early layers divide W.
     It goes on the class that register_parametrization made for this module alone, so deepcopy
     keeps it and removing the module's last parametrization (which restores the class) drops it.
     """
@@ -126,7 +152,10 @@ def _install_forward(module: nn.Module, layer) -> None:
             return standard_forward(self, input, *args, **kwargs)
         weight = self.parametrizations.weight.original
         sigma = sn.sigma(weight)
-        out = layer(self, input, weight, *args, **kwargs) / sigma
+        if output_size(self, input) >= weight.numel():
+            out = layer(self, input, weight / sigma, *args, **kwargs)
+        else:
+            out = layer(self, input, weight, *args, **kwargs) / sigma
         bias = getattr(self, "bias", None)
         if bias is None:
             return out
@@ -151,10 +180,12 @@ def spectral_norm(module: nn.Module, name: str = "weight", n_power_iterations: i
     The gradient treats u, v as constants, as torch's does.
 
     For Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d and Embedding (without max_norm) with
-    ``name="weight"``, forward computes ``layer(x, W) / sigma + bias`` from the original weight and
-    never forms W / sigma. ``module.weight`` still returns W / sigma (and, in training mode, runs a
-    power iteration, as torch's does). An all-zero weight has sigma = 0: sigma is clamped below at
-    eps, so such a layer outputs its bias (or zero) where torch's outputs NaN.
+    ``name="weight"``, forward computes ``layer(x, W) / sigma + bias`` when the layer's output is
+    smaller than its weight, and ``layer(x, W / sigma) + bias`` otherwise, without going through
+    the parametrization (one power iteration per forward). ``module.weight`` still returns W / sigma
+    (and, in training mode, runs a power iteration, as torch's does). An all-zero weight has
+    sigma = 0: sigma is clamped below at eps, so such a layer outputs its bias (or zero) where
+    torch's outputs NaN.
 
     Works under ``torch.compile(fullgraph=True)`` and DistributedDataParallel (which keeps u, v in
     sync by broadcasting the buffers). A weight with NaN or Inf raises ValueError in training mode.
@@ -170,7 +201,7 @@ def spectral_norm(module: nn.Module, name: str = "weight", n_power_iterations: i
         dim = 1 if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
     parametrize.register_parametrization(module, name, _SpectralNorm(weight, n_power_iterations, dim, float(eps)))
     # Only where the standard forward is in use: a subclass's own forward may use the weight otherwise.
-    layer = next((fn for cls, fn in _LAYERS.items() if type(module).forward is cls.forward), None)
+    layer = next((fns for cls, fns in _LAYERS.items() if type(module).forward is cls.forward), None)
     if name == "weight" and layer is not None:
-        _install_forward(module, layer)
+        _install_forward(module, *layer)
     return module
