@@ -20,15 +20,14 @@ from __future__ import annotations
 import functools
 import math
 import os
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch._dynamo.utils import counters
 
 import fastgen.ops
 from fastgen.ops.adain.reference import adain_from_style_ref, adain_ref
+from fastgen.testing import benchmark_after_warm_up
 
 EPS = 1e-5
 DTYPE = torch.float32
@@ -130,14 +129,4 @@ def test_adain(benchmark, op, pass_, shape, provider):
         "pass": pass_, "bytes_moved": bytes_moved(op, pass_, shape, DTYPE.itemsize),
         "allocator": os.environ.get("THP_MEM_ALLOC_ENABLE", "default")})
     with torch.set_grad_enabled(backward):
-        # Warm-up outside the timed region: compiles, faults pages in, and finds a missing kernel.
-        cache_hits, start = counters["inductor"]["fxgraph_cache_hit"], time.perf_counter()
-        try:
-            step()
-        except fastgen.ops.BackendUnavailableError as exc:
-            pytest.skip(f"{provider}: {exc}")
-        if provider == "compile":
-            # Inductor's on-disk cache turns a repeat compile into a load: say which one was timed.
-            benchmark.extra_info["compile_s"] = time.perf_counter() - start
-            benchmark.extra_info["compile_cache_hits"] = counters["inductor"]["fxgraph_cache_hit"] - cache_hits
-        benchmark(step)
+        benchmark_after_warm_up(benchmark, provider, step)

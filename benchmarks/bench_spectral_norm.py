@@ -48,19 +48,18 @@ medians taken minutes apart. FASTGEN_BENCH_SNGAN_ROUNDS sets the rounds (default
 """
 from __future__ import annotations
 
-import importlib
 import os
 import time
-import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch._dynamo.utils import counters
 
-import fastgen.nn
 import fastgen.ops
+from fastgen.models import sngan
+from fastgen.nn import spectral_norm as fastgen_spectral_norm
+from fastgen.testing import benchmark_after_warm_up
 
 SUITE = "spectral_norm"
 EPS = 1e-12
@@ -89,28 +88,6 @@ def step_bytes_moved(provider: str, shape: tuple[int, int], itemsize: int) -> in
     return (weight_passes * m * n + 2 * (m + n)) * itemsize
 
 
-def fastgen_spectral_norm():
-    """``fastgen.nn.spectral_norm`` (the function, also when the name is still its submodule), else skip."""
-    fn = getattr(fastgen.nn, "spectral_norm", None)
-    if fn is None:
-        try:
-            fn = importlib.import_module("fastgen.nn.spectral_norm")
-        except ImportError as exc:
-            pytest.skip(f"fastgen.nn.spectral_norm is not there yet ({exc})")
-    if isinstance(fn, types.ModuleType):
-        fn = getattr(fn, "spectral_norm", None)
-    if not callable(fn):
-        pytest.skip("fastgen.nn.spectral_norm is not there yet (no spectral_norm function)")
-    return fn
-
-
-def sngan():
-    try:
-        return importlib.import_module("fastgen.models.sngan")
-    except ImportError as exc:
-        pytest.skip(f"fastgen.models.sngan is not there yet ({exc})")
-
-
 def unit_vectors(shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
     return tuple(F.normalize(torch.randn(k, generator=gen, dtype=DTYPE), dim=0, eps=EPS) for k in shape)
@@ -134,12 +111,10 @@ def make_step(provider: str, shape: tuple[int, int]):
         layer = torch.nn.utils.parametrizations.spectral_norm(layer, n_power_iterations=N_POWER_ITERATIONS, eps=EPS)
         return lambda: layer.weight
     if provider in ("fastgen-weight", "fastgen-sigma"):
-        layer = fastgen_spectral_norm()(layer, n_power_iterations=N_POWER_ITERATIONS, eps=EPS).train()
+        layer = fastgen_spectral_norm(layer, n_power_iterations=N_POWER_ITERATIONS, eps=EPS).train()
         if provider == "fastgen-weight":
             return lambda: layer.weight
         parametrization, weight = layer.parametrizations.weight[0], layer.parametrizations.weight.original
-        if not callable(getattr(parametrization, "sigma", None)):
-            pytest.skip(f"{type(parametrization).__name__} has no sigma(weight) method to time alone")
         return lambda: parametrization.sigma(weight)
     weight = layer.weight
     state = list(unit_vectors(shape))  # rebound each call, as the layer keeps the newest u, v
@@ -175,38 +150,22 @@ def test_spectral_norm_step(benchmark, shape, provider):
     benchmark.extra_info.update({
         **common_info("spectral_norm_step", provider, shape), "layer": repr(LAYERS[shape]()),
         "bytes_moved": step_bytes_moved(provider, shape, DTYPE.itemsize)})
-    # Warm-up outside the timed region: compiles, faults pages in, and finds a missing kernel.
-    cache_hits, start = counters["inductor"]["fxgraph_cache_hit"], time.perf_counter()
-    try:
-        step()
-    except fastgen.ops.BackendUnavailableError as exc:
-        pytest.skip(f"{provider}: {exc}")
-    if provider == "compile":
-        # Inductor's on-disk cache turns a repeat compile into a load: say which one was timed.
-        benchmark.extra_info["compile_s"] = time.perf_counter() - start
-        benchmark.extra_info["compile_cache_hits"] = counters["inductor"]["fxgraph_cache_hit"] - cache_hits
-    benchmark(step)
+    benchmark_after_warm_up(benchmark, provider, step)
 
 
 def make_discriminator_step(provider: str):
     """A no-argument D step (two forwards, hinge loss, backward; no optimizer step) for ``provider``."""
-    models = sngan()
-    spectral_norm = (fastgen_spectral_norm() if provider == "fastgen"
+    spectral_norm = (fastgen_spectral_norm if provider == "fastgen"
                      else torch.nn.utils.parametrizations.spectral_norm if provider == "torch" else None)
     torch.manual_seed(0)  # the same weights for every provider
-    try:
-        hinge_loss = models.d_hinge_loss
-        disc = (models.Discriminator(use_spectral_norm=False) if spectral_norm is None
-                else models.Discriminator(use_spectral_norm=True, spectral_norm=spectral_norm))
-    except AttributeError as exc:
-        pytest.skip(f"fastgen.models.sngan is not complete yet ({exc})")
+    disc = sngan.Discriminator(use_spectral_norm=spectral_norm is not None, spectral_norm=spectral_norm)
     disc = disc.to(DTYPE).train()
     params = [p for p in disc.parameters() if p.requires_grad]
     gen = torch.Generator().manual_seed(2)
     real, fake = (torch.rand(SNGAN_BATCH, generator=gen, dtype=DTYPE) * 2 - 1 for _ in range(2))
 
     def d_step():
-        loss = hinge_loss(disc(real), disc(fake))
+        loss = sngan.d_hinge_loss(disc(real), disc(fake))
         # autograd.grad returns the gradients instead of accumulating them into .grad
         return torch.autograd.grad(loss, params)
     return d_step
@@ -218,14 +177,15 @@ def test_sngan_d_step(benchmark, provider):
     benchmark.group = f"sngan_d_step {shape_id(SNGAN_BATCH)}"
     benchmark.extra_info.update({**common_info("sngan_d_step", provider, SNGAN_BATCH), "optimizer_step": False})
     step()  # warm-up: first-call allocations, oneDNN primitive creation
-    setup = None
-    if provider != "none":
-        baseline, baseline_s = make_discriminator_step("none"), []
-        baseline()
+    if provider == "none":
+        benchmark.pedantic(step, rounds=SNGAN_ROUNDS, iterations=1, warmup_rounds=0)
+        return
+    baseline, baseline_s = make_discriminator_step("none"), []
+    baseline()
 
-        def setup():  # untimed by pytest-benchmark: the paired no-SN step just before each timed round
-            start = time.perf_counter()
-            baseline()
-            baseline_s.append(time.perf_counter() - start)
-        benchmark.extra_info["baseline_s"] = baseline_s
-    benchmark.pedantic(step, setup=setup, rounds=SNGAN_ROUNDS, iterations=1, warmup_rounds=0)
+    def paired_baseline():  # untimed by pytest-benchmark: the no-SN step just before each timed round
+        start = time.perf_counter()
+        baseline()
+        baseline_s.append(time.perf_counter() - start)
+    benchmark.extra_info["baseline_s"] = baseline_s
+    benchmark.pedantic(step, setup=paired_baseline, rounds=SNGAN_ROUNDS, iterations=1, warmup_rounds=0)
