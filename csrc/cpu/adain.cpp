@@ -22,14 +22,11 @@
 #include <memory>
 #include <type_traits>
 
+#include "accumulate.h"
 #include "output_cache.h"
 
 namespace fastgen {
 namespace {
-
-// Half types accumulate in float; double stays double.
-template <typename T>
-using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 // ---- Unit-stride loops over one plane (auto-vectorized with -O3 and omp simd) ----
 

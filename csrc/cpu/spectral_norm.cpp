@@ -10,16 +10,14 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "accumulate.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 namespace fastgen {
 namespace {
-
-// Half types accumulate in float; double stays double.
-template <typename T>
-using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 constexpr int64_t kRowBlock = 4;  // rows per step: v is read once for four dot products
 

@@ -34,6 +34,22 @@ class BackendUnavailableError(RuntimeError):
     """A forced backend (``impl=`` or ``FASTGEN_BACKEND``) cannot run the given input."""
 
 
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def to_accumulation_dtype(t: torch.Tensor) -> torch.Tensor:
+    """Half types are computed in float32 (and rounded once at the end); others as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def only_dtypes(*dtypes: torch.dtype) -> Callable[..., list[str]]:
+    """A backend's reject(): the dtype of the op's first tensor argument must be one of ``dtypes``."""
+    def reject(*args: Any) -> list[str]:
+        dtype = next(a for a in args if isinstance(a, torch.Tensor)).dtype
+        return [] if dtype in dtypes else [f"dtype {dtype} is not supported (takes {', '.join(map(str, dtypes))})"]
+    return reject
+
+
 def _accepts_everything(*args: Any) -> list[str]:
     return []
 

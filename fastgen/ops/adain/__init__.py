@@ -3,7 +3,15 @@ from __future__ import annotations
 
 import torch
 
-from fastgen.ops._library import OpSpec, cpp_backend, cuda_backend, define, triton_backend
+from fastgen.ops._library import (
+    FLOAT_DTYPES,
+    OpSpec,
+    cpp_backend,
+    cuda_backend,
+    define,
+    only_dtypes,
+    triton_backend,
+)
 from fastgen.ops.adain.reference import (
     adain_backward_ref,
     adain_from_style_backward_ref,
@@ -11,18 +19,8 @@ from fastgen.ops.adain.reference import (
     adain_ref,
 )
 
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _TRITON = "fastgen.ops.adain.triton"
-
-
-def _only_dtypes(*dtypes: torch.dtype):
-    def reject(*args) -> list[str]:
-        dtype = next(a for a in args if isinstance(a, torch.Tensor)).dtype
-        return [] if dtype in dtypes else [f"dtype {dtype} is not supported (takes {', '.join(map(str, dtypes))})"]
-    return reject
-
-
-_cuda_dtypes = _only_dtypes(torch.float32, torch.float64)
+_cuda_dtypes = only_dtypes(torch.float32, torch.float64)
 
 
 def _backends(kernel: str) -> tuple:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _acc(t: torch.Tensor) -> torch.Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+from fastgen.ops._library import to_accumulation_dtype as _acc
 
 
 def _like(template: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

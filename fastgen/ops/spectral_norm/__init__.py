@@ -3,19 +3,18 @@ from __future__ import annotations
 
 import torch
 
-from fastgen.ops._library import OpSpec, cpp_backend, cuda_backend, define, triton_backend
+from fastgen.ops._library import (
+    FLOAT_DTYPES,
+    OpSpec,
+    cpp_backend,
+    cuda_backend,
+    define,
+    only_dtypes,
+    triton_backend,
+)
 from fastgen.ops.spectral_norm.reference import spectral_norm_step_backward_ref, spectral_norm_step_ref
 
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _SCHEMA = "(Tensor weight_mat, Tensor u, Tensor v, int n_power_iterations, float eps)"
-
-
-def _only_dtypes(*dtypes: torch.dtype):
-    def reject(weight_mat, *args) -> list[str]:
-        if weight_mat.dtype in dtypes:
-            return []
-        return [f"dtype {weight_mat.dtype} is not supported (takes {', '.join(map(str, dtypes))})"]
-    return reject
 
 
 SPECTRAL_NORM_STEP = define(OpSpec(
@@ -26,7 +25,7 @@ SPECTRAL_NORM_STEP = define(OpSpec(
         weight_mat.new_empty(()), torch.empty_like(u), torch.empty_like(v)),
     backends=(cpp_backend("spectral_norm_step"),
               triton_backend("fastgen.ops.spectral_norm.triton", "spectral_norm_step"),
-              cuda_backend("spectral_norm_step", _only_dtypes(torch.float32, torch.float64))),
+              cuda_backend("spectral_norm_step", only_dtypes(torch.float32, torch.float64))),
     # No gradient through the power iteration: sigma = u^T W v with u and v held fixed.
     no_grad_inputs=("u", "v"),
     no_grad_outputs=(1, 2),

@@ -16,9 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def _acc(t: torch.Tensor) -> torch.Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+from fastgen.ops._library import to_accumulation_dtype as _acc
 
 
 def power_iteration_ref(weight_mat: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
