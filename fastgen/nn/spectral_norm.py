@@ -45,17 +45,17 @@ class _SpectralNorm(nn.Module):
         In training mode the power iteration first advances the buffers ``_u``, ``_v``.
         """
         weight_mat = self._matrix(weight)
-        # Autograd keeps the u, v that sigma is computed from, while the buffers change in place
-        # (power iteration, load_state_dict, DDP's broadcast) before that graph's backward: use copies.
-        u, v = self._u.clone(), self._v.clone()
         if self.training:
-            sigma, u, v = spectral_norm_step(weight_mat, u, v, self.n_power_iterations, self.eps)
+            # The op returns new tensors: autograd keeps those, so the in-place buffer update below
+            # (which reaches tensors DataParallel replicas share) never changes a saved tensor.
+            sigma, u, v = spectral_norm_step(weight_mat, self._u, self._v, self.n_power_iterations, self.eps)
             with torch.no_grad():
-                # In place, so the update reaches tensors that DataParallel replicas share with the module.
                 self._u.copy_(u)
                 self._v.copy_(v)
         else:
-            sigma = torch.vdot(u, torch.mv(weight_mat, v))
+            # Copies: autograd keeps u and v until backward, and the buffers may change in place before
+            # then (load_state_dict, DDP's broadcast, a later training step).
+            sigma = torch.vdot(self._u.clone(), torch.mv(weight_mat, self._v.clone()))
         # An all-zero weight has sigma = 0. The clamp makes it map to 0 rather than NaN; its floor is
         # at least the dtype's smallest normal number, since float16 rounds eps = 1e-12 to zero.
         return sigma.clamp_min(max(self.eps, torch.finfo(sigma.dtype).tiny))

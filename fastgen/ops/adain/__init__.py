@@ -112,7 +112,7 @@ def adain(content: torch.Tensor, style_mean: torch.Tensor, style_std: torch.Tens
     _check_feature_map("content", content)
     style_mean = _style_vector("style_mean", style_mean, content)
     style_std = _style_vector("style_std", style_std, content)
-    return ADAIN.op(content, style_mean, style_std, _check_eps(eps), impl)
+    return ADAIN.call(content, style_mean, style_std, _check_eps(eps), impl=impl)
 
 
 def adain_from_style(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5, *,
@@ -128,4 +128,4 @@ def adain_from_style(content: torch.Tensor, style: torch.Tensor, eps: float = 1e
         raise ValueError(f"style must have the N and C of content {tuple(content.shape[:2])}, "
                          f"got {tuple(style.shape[:2])}")
     _check_same("style", style, content)
-    return ADAIN_FROM_STYLE.op(content, style, _check_eps(eps), impl)
+    return ADAIN_FROM_STYLE.call(content, style, _check_eps(eps), impl=impl)

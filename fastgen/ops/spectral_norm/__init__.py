@@ -1,6 +1,8 @@
 """Spectral-norm power iteration: ``fastgen::spectral_norm_step`` and its backward op."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fastgen.ops._library import (
@@ -29,12 +31,14 @@ SPECTRAL_NORM_STEP = define(OpSpec(
     # No gradient through the power iteration: sigma = u^T W v with u and v held fixed.
     no_grad_inputs=("u", "v"),
     no_grad_outputs=(1, 2),
+    # d sigma / d W = u_new v_new^T needs neither W nor the u, v given (often buffers updated in place).
+    backward_inputs=(),
     backward_outputs=(1, 2),
     backward=OpSpec(
         name="spectral_norm_step_backward",
-        schema="(Tensor grad_sigma, " + _SCHEMA[1:-1] + ", Tensor u_new, Tensor v_new) -> Tensor",
+        schema="(Tensor grad_sigma, Tensor u_new, Tensor v_new) -> Tensor",
         reference=spectral_norm_step_backward_ref,
-        fake=lambda grad_sigma, weight_mat, *rest: torch.empty_like(weight_mat, memory_format=torch.contiguous_format),
+        fake=lambda grad_sigma, u_new, v_new: u_new.new_empty((u_new.shape[0], v_new.shape[0])),
     ),
 ))
 
@@ -80,7 +84,8 @@ def spectral_norm_step(weight_mat: torch.Tensor, u: torch.Tensor, v: torch.Tenso
     sigma, outside torch.compile). An all-zero weight gives sigma = 0 and zero u, v.
     """
     check_inputs(weight_mat, u, v, n_power_iterations, eps)
-    sigma, u_new, v_new = SPECTRAL_NORM_STEP.op(weight_mat, u, v, n_power_iterations, float(eps), impl)
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(sigma)):
+    sigma, u_new, v_new = SPECTRAL_NORM_STEP.call(weight_mat, u, v, n_power_iterations, float(eps), impl=impl)
+    # item() rather than torch.isfinite: a 0-dim tensor op costs more than this whole check.
+    if not torch.compiler.is_compiling() and not math.isfinite(sigma.item()):
         raise ValueError("weight_mat contains NaN or Inf: its spectral norm is not finite")
     return sigma, u_new, v_new

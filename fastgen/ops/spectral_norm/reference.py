@@ -38,9 +38,8 @@ def spectral_norm_step_ref(weight_mat: torch.Tensor, u: torch.Tensor, v: torch.T
     return sigma.to(weight_mat.dtype), u_new.to(u.dtype), v_new.to(v.dtype)
 
 
-def spectral_norm_step_backward_ref(grad_sigma: torch.Tensor, weight_mat: torch.Tensor, u: torch.Tensor,
-                                    v: torch.Tensor, n_power_iterations: int, eps: float,
-                                    u_new: torch.Tensor, v_new: torch.Tensor) -> torch.Tensor:
-    """d weight_mat = grad_sigma * u_new v_new^T (u_new, v_new are the forward's outputs)."""
+def spectral_norm_step_backward_ref(grad_sigma: torch.Tensor, u_new: torch.Tensor,
+                                    v_new: torch.Tensor) -> torch.Tensor:
+    """d weight_mat = grad_sigma * u_new v_new^T (u_new, v_new are the forward's outputs, in W's dtype)."""
     grad = _acc(grad_sigma) * torch.outer(_acc(u_new), _acc(v_new))
-    return grad.to(weight_mat.dtype)
+    return grad.to(u_new.dtype)
