@@ -14,9 +14,10 @@ one power iteration, u and v carried over from round to round as training does.
                     ``fastgen.ops.spectral_norm_step(W.flatten(1), u, v)`` -> sigma and the new u, v.
                     The layer divides its output by sigma (conv(x, W) / sigma + b), so no W / sigma here.
     fastgen-op-cpu  the same op forced to the C++ kernel (``impl="cpu"``; ``fastgen`` is ``impl="auto"``)
-    fastgen-sigma   what the layer's forward actually calls per step: the spectral-norm parametrization's
-                    ``sigma(W)`` of a layer wrapped by ``fastgen.nn.spectral_norm``, i.e. the op plus the
-                    layer's bookkeeping (copies of u, v, the in-place buffer update, the clamp of sigma)
+    fastgen-sigma   what the layer's forward calls per training step when it divides its output:
+                    the spectral-norm parametrization's ``sigma(W)`` of a layer wrapped by
+                    ``fastgen.nn.spectral_norm``: on the CPU in eager mode one C++ op with its autograd
+                    in C++ (power iteration, buffer update, clamp), the op path elsewhere
     torch           ``torch.nn.utils.parametrizations.spectral_norm`` on the real layer: reading
                     ``layer.weight`` in train mode, which runs the power iteration and returns W / sigma,
                     as the layer's forward does every step
@@ -24,8 +25,8 @@ one power iteration, u and v carried over from round to round as training does.
                     v = normalize(W^T u), sigma = u . (W v), W / sigma); compiled before timing,
                     ``compile_s`` and ``compile_cache_hits`` in extra_info
     fastgen-weight  ``layer.weight`` of a layer wrapped by ``fastgen.nn.spectral_norm``: W / sigma
-                    materialized, as torch's parametrization returns it (for transparency: the layer's
-                    own forward does not need it)
+                    materialized, as torch's parametrization returns it and as the layer's forward
+                    uses it when its output is larger than its weight (one C++ op on the CPU)
 The two layer providers are skipped while fastgen.nn.spectral_norm is missing.
 ``bytes_moved`` is the floor of what the provider computes, in bytes: reading W once for the power
 iteration (fastgen's kernel does all of it in one pass) plus u, v in and out; the providers that

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
+from fastgen import _backends
 from fastgen.nn import spectral_norm
 
 LAYERS = {
@@ -20,6 +21,18 @@ LAYERS = {
     "conv_transpose2d": (lambda: nn.ConvTranspose2d(4, 6, 3), lambda: torch.randn(2, 4, 5, 5)),  # dim=1
     "embedding": (lambda: nn.Embedding(10, 7), lambda: torch.randint(0, 10, (4, 5))),
 }
+
+
+@pytest.fixture(params=["native", "python"])
+def layer_path(request, monkeypatch):
+    """The training step as one C++ op with C++ autograd (what CPU training runs), or the Python
+    path through fastgen::spectral_norm_step (what torch.compile and other devices run; here
+    forced to the reference by FASTGEN_BACKEND=ref, which the native op never runs under)."""
+    if request.param == "native" and _backends.cext_reason() is not None:
+        pytest.skip(_backends.cext_reason())
+    if request.param == "python":
+        monkeypatch.setenv("FASTGEN_BACKEND", "ref")
+    return request.param
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5) -> None:
@@ -63,7 +76,7 @@ def assert_same_grads(module: nn.Module, reference: nn.Module, rtol: float = 1e-
 
 
 @pytest.mark.parametrize("layer", LAYERS)
-def test_training_matches_torch(layer):
+def test_training_matches_torch(layer, layer_path):
     make, make_input = LAYERS[layer]
     reference, module = pair(make)
     assert module.state_dict().keys() == reference.state_dict().keys()
@@ -94,7 +107,7 @@ def test_training_matches_torch(layer):
     assert torch.equal(sn(module)._u, u) and torch.equal(sn(module)._v, v)
 
 
-def test_layer_variants_match_torch():
+def test_layer_variants_match_torch(layer_path):
     """Other layers, options and input shapes of the replaced forward, against torch."""
     cases = [
         (lambda: nn.Conv1d(3, 5, 3, padding=1, padding_mode="reflect"), (torch.randn(2, 3, 8),), {}),
@@ -129,7 +142,7 @@ def test_forward_does_not_go_through_the_parametrization(layer):
     module(make_input()).sum().backward()
 
 
-def test_autocast_output_dtype_matches_torch():
+def test_autocast_output_dtype_matches_torch(layer_path):
     reference, module = pair(lambda: nn.Linear(20, 30))
     x = torch.randn(8, 20)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -147,7 +160,7 @@ def test_weight_property_and_one_dimensional_weight():
     close(module.weight, reference.weight)
 
 
-def test_two_forwards_then_one_backward():
+def test_two_forwards_then_one_backward(layer_path):
     """The GAN pattern D(real) - D(fake): u, v change between the forwards, backward still works."""
     reference, module = pair(lambda: nn.Linear(20, 30))
     real, fake = torch.randn(4, 20), torch.randn(4, 20)
@@ -198,7 +211,7 @@ def test_compile_fullgraph_matches_eager():
             assert_same_state(compiled_module[i], eager[i])
 
 
-def test_zero_weight_gives_bias():
+def test_zero_weight_gives_bias(layer_path):
     """sigma = 0 is clamped to eps: the layer outputs its bias, where torch's outputs NaN."""
     module = spectral_norm(nn.Linear(5, 3))
     with torch.no_grad():
@@ -240,7 +253,7 @@ def test_removing_the_parametrization_restores_the_layer():
     close(module(x), expected)
 
 
-def test_gradient_penalty_matches_torch():
+def test_gradient_penalty_matches_torch(layer_path):
     """Second order: backward of |d D(x) / d x|^2, the R1 / WGAN-GP penalty."""
     def discriminator(sn_fn):
         torch.manual_seed(0)
@@ -295,7 +308,7 @@ def test_distributed_data_parallel_keeps_u_v_in_sync(tmp_path):
 
 
 @pytest.mark.parametrize("batch", [2, 64], ids=["output-smaller-than-weight", "output-larger-than-weight"])
-def test_both_ways_of_applying_sigma_match_torch(batch):
+def test_both_ways_of_applying_sigma_match_torch(batch, layer_path):
     """1/sigma goes on the output for small outputs and on the weight for large ones: same results."""
     torch.manual_seed(0)
     ours = spectral_norm(torch.nn.Linear(16, 12))
@@ -309,3 +322,76 @@ def test_both_ways_of_applying_sigma_match_torch(batch):
     # The weight gradient sums over the batch: float32 rounding grows with it.
     torch.testing.assert_close(ours.parametrizations.weight.original.grad,
                                theirs.parametrizations.weight.original.grad, rtol=1e-4, atol=1e-5)
+
+
+def _graph_node_names(tensor: torch.Tensor) -> set[str]:
+    names, stack, seen = set(), [tensor.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(node.name())
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("batch", [2, 64], ids=["sigma-on-output", "sigma-on-weight"])
+def test_each_path_runs_where_it_should(batch, layer_path):
+    """CPU training in eager mode runs the native op (one autograd node); FASTGEN_BACKEND=ref the op path."""
+    module = spectral_norm(nn.Linear(16, 12))
+    names = " ".join(_graph_node_names(module(torch.randn(batch, 16))))
+    assert ("SpectralNormLayerStep" in names) == (layer_path == "native"), names
+    module.eval()
+    assert "SpectralNormLayerStep" not in " ".join(_graph_node_names(module(torch.randn(batch, 16))))
+
+
+@pytest.mark.skipif(_backends.cext_reason() is not None, reason="needs fastgen._C")
+@pytest.mark.parametrize("divide_weight", [True, False], ids=["weight", "sigma"])
+@pytest.mark.parametrize("dim", [0, 1], ids=["dim0-fused-backward", "dim1-aten-backward"])
+def test_native_layer_ops_gradcheck(divide_weight, dim):
+    """float64 gradcheck of the native ops at converged u, v (where one more power iteration leaves
+    them fixed, so sigma's derivative u v^T, which holds u, v fixed, is the true one)."""
+    from fastgen.ops.spectral_norm.reference import power_iteration_ref
+    op = (torch.ops.fastgen_C.spectral_norm_layer_weight if divide_weight
+          else torch.ops.fastgen_C.spectral_norm_layer_sigma)
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(5, 4, 3, dtype=torch.float64, generator=gen)
+    weight_mat = weight.movedim(dim, 0).flatten(1)
+    u, v = power_iteration_ref(weight_mat, torch.randn(weight_mat.shape[0], dtype=torch.float64, generator=gen),
+                               torch.randn(weight_mat.shape[1], dtype=torch.float64, generator=gen), 500, 1e-12)
+    assert torch.autograd.gradcheck(lambda w: op(w, u, v, dim, 1, 1e-12, 1e-12)[0],
+                                    (weight.requires_grad_(),), atol=1e-6)
+
+
+@pytest.mark.skipif(_backends.cext_reason() is not None, reason="needs fastgen._C")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("make, make_input", [LAYERS["linear"], LAYERS["conv_transpose2d"]], ids=["linear", "conv-t"])
+def test_native_path_matches_python_path(dtype, make, make_input, monkeypatch):
+    """Both paths of fastgen's layer, step for step, in the dtypes the comparison with torch leaves out."""
+    modules = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        modules.append(spectral_norm(make()).to(dtype))
+    x = make_input()
+    x = x.to(dtype) if x.is_floating_point() else x
+    rtol = {torch.float64: 1e-10, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+    for _ in range(3):
+        outputs = []
+        for module, backend in zip(modules, ["auto", "ref"]):
+            monkeypatch.setenv("FASTGEN_BACKEND", backend)
+            outputs.append(module(x))
+            outputs[-1].float().square().sum().backward()
+        close(outputs[0].float(), outputs[1].float(), rtol)
+        close(sn(modules[0])._u.float(), sn(modules[1])._u.float(), rtol)
+        for a, b in zip(modules[0].parameters(), modules[1].parameters()):
+            close(a.grad.float(), b.grad.float(), rtol)
+
+
+@pytest.mark.skipif(_backends.cext_reason() is not None, reason="needs fastgen._C")
+def test_native_path_rejects_non_finite_weight():
+    module = spectral_norm(nn.Linear(4, 3))
+    with torch.no_grad():
+        module.parametrizations.weight.original[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        module(torch.randn(2, 4))

@@ -8,12 +8,14 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include "accumulate.h"
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <vector>
 
 namespace fastgen {
@@ -68,8 +70,9 @@ A power_iteration(const T* w, int64_t m, int64_t n, A* u, A* v, int64_t iteratio
   const int64_t threads = at::get_num_threads();
   std::vector<A> partials(threads * n);
   std::vector<A> s(n);
-  // Each thread's rows should be worth the wake-up: ~64k elements at least.
-  const int64_t grain = std::max<int64_t>(kRowBlock, 65536 / std::max<int64_t>(n, 1));
+  // Threads start past ~128k elements, each taking 64k or more (parallel_for splits a range into
+  // at most range / grain chunks): below that a thread wake-up costs more than the pass.
+  const int64_t grain = std::max<int64_t>(kRowBlock, 131072 / std::max<int64_t>(n, 1));
   A sigma = 0;
   for (int64_t it = 0; it < iterations; ++it) {
     std::fill(partials.begin(), partials.end(), A(0));
@@ -92,9 +95,31 @@ A power_iteration(const T* w, int64_t m, int64_t n, A* u, A* v, int64_t iteratio
   return sigma;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> spectral_norm_step(const at::Tensor& weight_mat, const at::Tensor& u,
-                                                                  const at::Tensor& v, int64_t n_power_iterations,
-                                                                  double eps) {
+// Power iteration on the matrix view of a weight: sigma (in the accumulation type) and the new
+// u, v (in u's and v's dtype). Argument checks are the caller's.
+struct StepResult {
+  double sigma;
+  at::Tensor u, v;
+};
+
+StepResult step(const at::Tensor& weight_mat, const at::Tensor& u, const at::Tensor& v, int64_t n_power_iterations,
+                double eps) {
+  const int64_t m = weight_mat.size(0), n = weight_mat.size(1);
+  const at::Tensor w = weight_mat.contiguous();
+  const at::ScalarType acc = w.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor u_acc = u.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  at::Tensor v_acc = v.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  double sigma = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "spectral_norm_step", [&] {
+    using A = acc_t<scalar_t>;
+    sigma = power_iteration<scalar_t>(w.const_data_ptr<scalar_t>(), m, n, u_acc.data_ptr<A>(), v_acc.data_ptr<A>(),
+                                      n_power_iterations, static_cast<A>(eps));
+  });
+  return {sigma, u_acc.to(u.scalar_type()), v_acc.to(v.scalar_type())};
+}
+
+void check_step_args(const at::Tensor& weight_mat, const at::Tensor& u, const at::Tensor& v,
+                     int64_t n_power_iterations, double eps) {
   TORCH_CHECK(weight_mat.dim() == 2 && weight_mat.numel() > 0, "weight_mat must be a non-empty 2-D tensor, got ",
               weight_mat.sizes());
   const int64_t m = weight_mat.size(0), n = weight_mat.size(1);
@@ -106,24 +131,171 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spectral_norm_step(const at::Tens
               "u and v must have the dtype of weight_mat");
   TORCH_CHECK(n_power_iterations >= 1, "n_power_iterations must be >= 1, got ", n_power_iterations);
   TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
-  const at::Tensor w = weight_mat.contiguous();
-  const at::ScalarType acc = w.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor u_acc = u.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
-  at::Tensor v_acc = v.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
-  at::Tensor sigma;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "spectral_norm_step", [&] {
-    using A = acc_t<scalar_t>;
-    const A s = power_iteration<scalar_t>(w.const_data_ptr<scalar_t>(), m, n, u_acc.data_ptr<A>(),
-                                          v_acc.data_ptr<A>(), n_power_iterations, static_cast<A>(eps));
-    sigma = at::scalar_tensor(s, w.options());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spectral_norm_step(const at::Tensor& weight_mat, const at::Tensor& u,
+                                                                  const at::Tensor& v, int64_t n_power_iterations,
+                                                                  double eps) {
+  check_step_args(weight_mat, u, v, n_power_iterations, eps);
+  StepResult r = step(weight_mat, u, v, n_power_iterations, eps);
+  return {at::scalar_tensor(r.sigma, weight_mat.options()), r.u, r.v};
+}
+
+// ---- One training step of a spectrally normalized layer, with its autograd in C++ ----
+//
+// fastgen.nn.spectral_norm's training forward in plain eager mode on the CPU: on a small
+// layer the Python bookkeeping around a 10 us kernel (custom-op dispatch, autograd.Function,
+// the clamp and division nodes and their backward) costs far more than the kernel, so the
+// whole step is one op and one autograd node. It computes what the Python path computes:
+// sigma = max(u'^T W v', floor) after the power iteration on W viewed as [size(dim), -1]
+// (floor = the module's eps, at least the dtype's tiniest normal), d sigma / d W = u' v'^T
+// where sigma is not clamped, else 0. `spectral_norm_layer_sigma` returns sigma (for
+// layer(x, W) / sigma), `spectral_norm_layer_weight` returns W / sigma.
+
+at::Tensor weight_matrix(const at::Tensor& weight, int64_t dim) { return weight.movedim(dim, 0).flatten(1); }
+
+// u v^T laid out as the weight: the matrix view [size(dim), -1] moved back.
+at::Tensor outer_as_weight(const at::Tensor& u, const at::Tensor& v, const at::Tensor& weight, int64_t dim) {
+  return at::outer(u, v).view(weight.movedim(dim, 0).sizes()).movedim(0, dim);
+}
+
+struct LayerStep {
+  at::Tensor sigma;  // 0-dim, the weight's dtype, clamped
+  bool clamped;
+  at::Tensor u, v;
+};
+
+LayerStep layer_step(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, int64_t dim,
+                     int64_t n_power_iterations, double eps, double sigma_floor) {
+  TORCH_CHECK(weight.dim() >= 2, "weight must have at least 2 dimensions, got ", weight.sizes());
+  TORCH_CHECK(dim >= 0 && dim < weight.dim(), "dim must be in [0, ", weight.dim(), "), got ", dim);
+  const at::Tensor weight_mat = weight_matrix(weight, dim);
+  check_step_args(weight_mat, u, v, n_power_iterations, eps);
+  StepResult r = step(weight_mat, u, v, n_power_iterations, eps);
+  // c10::ValueError reaches Python as ValueError, as the Python path raises.
+  TORCH_CHECK_VALUE(std::isfinite(r.sigma), "weight contains NaN or Inf: its spectral norm is not finite");
+  // Rounded to the weight's dtype before the clamp, as the Python path computes sigma.
+  const at::Tensor sigma = at::scalar_tensor(r.sigma, weight.options());
+  const bool clamped = sigma.item<double>() < sigma_floor;
+  return {clamped ? at::scalar_tensor(sigma_floor, weight.options()) : sigma, clamped, r.u, r.v};
+}
+
+// out = g / sigma - (<g, w> / sigma^2) u v^T for a contiguous [m, n] matrix: one pass for the
+// dot product, one for the output.
+template <typename T>
+void fused_weight_backward(const T* g, const T* w, T sigma, const T* u, const T* v, int64_t m, int64_t n, T* out) {
+  constexpr int64_t kBlock = 4096;  // summed in T with vector lanes, then into a double
+  const double dot = at::parallel_reduce(
+      0, m * n, 131072, 0.0,
+      [&](int64_t begin, int64_t end, double acc) {
+        for (int64_t b = begin; b < end; b += kBlock) {
+          const int64_t b_end = std::min(b + kBlock, end);
+          const T *gb = g + b, *wb = w + b;
+          T part = 0;
+#pragma omp simd reduction(+ : part)
+          for (int64_t i = 0; i < b_end - b; ++i) part += gb[i] * wb[i];
+          acc += part;
+        }
+        return acc;
+      },
+      std::plus<double>());
+  const T inv = T(1) / sigma;
+  const T c = static_cast<T>(dot) / (sigma * sigma);
+  // Threads only past ~128k elements: below that a wake-up costs more than the pass.
+  at::parallel_for(0, m, std::max<int64_t>(1, 131072 / n), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const T cu = c * u[i];
+      const T* gi = g + i * n;
+      T* oi = out + i * n;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) oi[j] = gi[j] * inv - cu * v[j];
+    }
   });
-  return {sigma, u_acc.to(u.scalar_type()), v_acc.to(v.scalar_type())};
+}
+
+// grad_weight of W / sigma: grad / sigma - (<grad, W> / sigma^2) u v^T (the second term only where
+// sigma is not clamped). With create_graph, differentiable ATen ops; else, for a dim-0 matrix view of
+// float or double, two fused passes.
+at::Tensor weight_backward(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& sigma, bool clamped,
+                           const at::Tensor& u, const at::Tensor& v, int64_t dim) {
+  if (clamped) return grad / sigma;
+  const bool fused = !at::GradMode::is_enabled() && dim == 0 && grad.is_contiguous() && weight.is_contiguous() &&
+                     (grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kDouble) &&
+                     grad.scalar_type() == weight.scalar_type();
+  if (!fused) return grad / sigma - (grad * weight).sum() / (sigma * sigma) * outer_as_weight(u, v, weight, dim);
+  at::Tensor out = at::empty_like(grad);
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "spectral_norm_layer_weight_backward", [&] {
+    fused_weight_backward<scalar_t>(grad.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                                    sigma.item<scalar_t>(), u.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
+                                    u.size(0), v.size(0), out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Which of the two outputs the op returns: sigma, or W / sigma.
+template <bool kDivideWeight>
+struct SpectralNormLayerStep : torch::autograd::Function<SpectralNormLayerStep<kDivideWeight>> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& u,
+                               const at::Tensor& v, int64_t dim, int64_t n_power_iterations, double eps,
+                               double sigma_floor) {
+    LayerStep r = layer_step(weight, u, v, dim, n_power_iterations, eps, sigma_floor);
+    ctx->saved_data["dim"] = dim;
+    ctx->saved_data["clamped"] = r.clamped;
+    ctx->save_for_backward({weight, r.sigma, r.u, r.v});
+    ctx->mark_non_differentiable({r.u, r.v});
+    return {kDivideWeight ? weight / r.sigma : r.sigma, r.u, r.v};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &weight = saved[0], &sigma = saved[1], &u = saved[2], &v = saved[3];
+    const int64_t dim = ctx->saved_data["dim"].toInt();
+    const bool clamped = ctx->saved_data["clamped"].toBool();
+    at::Tensor grad_weight;
+    if (!grads[0].defined()) {
+      grad_weight = at::Tensor();
+    } else if (kDivideWeight) {
+      grad_weight = weight_backward(grads[0], weight, sigma, clamped, u, v, dim);
+    } else {
+      grad_weight = clamped ? at::zeros_like(weight) : grads[0] * outer_as_weight(u, v, weight, dim);
+    }
+    return {grad_weight, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+template <bool kDivideWeight>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_step_autograd(const at::Tensor& weight, const at::Tensor& u,
+                                                                   const at::Tensor& v, int64_t dim,
+                                                                   int64_t n_power_iterations, double eps,
+                                                                   double sigma_floor) {
+  variable_list out =
+      SpectralNormLayerStep<kDivideWeight>::apply(weight, u, v, dim, n_power_iterations, eps, sigma_floor);
+  return {out[0], out[1], out[2]};
+}
+
+template <bool kDivideWeight>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_step_no_grad(const at::Tensor& weight, const at::Tensor& u,
+                                                                  const at::Tensor& v, int64_t dim,
+                                                                  int64_t n_power_iterations, double eps,
+                                                                  double sigma_floor) {
+  LayerStep r = layer_step(weight, u, v, dim, n_power_iterations, eps, sigma_floor);
+  return {kDivideWeight ? weight / r.sigma : r.sigma, r.u, r.v};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgen_C, CPU, m) {
   m.impl("spectral_norm_step", &spectral_norm_step);
+  m.impl("spectral_norm_layer_sigma", &layer_step_no_grad<false>);
+  m.impl("spectral_norm_layer_weight", &layer_step_no_grad<true>);
+}
+
+TORCH_LIBRARY_IMPL(fastgen_C, AutogradCPU, m) {
+  m.impl("spectral_norm_layer_sigma", &layer_step_autograd<false>);
+  m.impl("spectral_norm_layer_weight", &layer_step_autograd<true>);
 }
 
 }  // namespace fastgen

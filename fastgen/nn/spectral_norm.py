@@ -8,11 +8,22 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from fastgen import _backends
+from fastgen.ops._library import FLOAT_DTYPES, plain_eager
 from fastgen.ops.spectral_norm import spectral_norm_step
 from fastgen.ops.spectral_norm.reference import power_iteration_ref
 
 # torch's warm start: power iterations run on u, v when the parametrization is built.
 _INITIAL_POWER_ITERATIONS = 15
+
+
+_SMALLEST_NORMAL = {dtype: torch.finfo(dtype).tiny for dtype in FLOAT_DTYPES}
+
+
+def _sigma_floor(eps: float, dtype: torch.dtype) -> float:
+    """sigma's lower clamp. An all-zero weight has sigma = 0: the clamp maps it to 0 rather than NaN.
+    The floor is at least the dtype's smallest normal number, since float16 rounds eps = 1e-12 to zero."""
+    return max(eps, _SMALLEST_NORMAL[dtype])
 
 
 class _SpectralNorm(nn.Module):
@@ -39,6 +50,32 @@ class _SpectralNorm(nn.Module):
     def _matrix(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.movedim(self.dim, 0).flatten(1)
 
+    def _native_step(self, weight: torch.Tensor, divide_weight: bool) -> torch.Tensor | None:
+        """A training step as one C++ op with its autograd in C++: W / sigma (or sigma), else None
+        where that op does not apply (eval mode, not the CPU, another backend forced, torch.compile).
+
+        It computes what :meth:`sigma` (and ``W / sigma``) computes, without the ~10 Python-level
+        autograd nodes and op calls around a kernel that takes ~10 us on a small layer.
+        """
+        # plain_eager first: under torch.compile it is False before anything untraceable runs.
+        if not (self.training and plain_eager((weight, self._u, self._v)) and weight.device.type == "cpu"
+                and weight.dtype in FLOAT_DTYPES and _backends.forced_backend() in ("auto", "cpu")
+                and _backends.cext_reason() is None):
+            return None
+        op = (torch.ops.fastgen_C.spectral_norm_layer_weight if divide_weight
+              else torch.ops.fastgen_C.spectral_norm_layer_sigma)
+        result, u, v = op(weight, self._u, self._v, self.dim, self.n_power_iterations, self.eps,
+                          _sigma_floor(self.eps, weight.dtype))
+        with torch.no_grad():
+            self._u.copy_(u)
+            self._v.copy_(v)
+        return result
+
+    def weight_over_sigma(self, weight: torch.Tensor) -> torch.Tensor:
+        """W / sigma(W); in training mode the power iteration first advances ``_u``, ``_v``."""
+        native = self._native_step(weight, divide_weight=True)
+        return native if native is not None else weight / self.sigma(weight)
+
     def sigma(self, weight: torch.Tensor) -> torch.Tensor:
         """sigma(W) = u^T W v as a 0-dim tensor, differentiable w.r.t. W, clamped below at eps.
 
@@ -46,6 +83,9 @@ class _SpectralNorm(nn.Module):
         """
         weight_mat = self._matrix(weight)
         if self.training:
+            native = self._native_step(weight, divide_weight=False)
+            if native is not None:
+                return native
             # The op returns new tensors: autograd keeps those, so the in-place buffer update below
             # (which reaches tensors DataParallel replicas share) never changes a saved tensor.
             sigma, u, v = spectral_norm_step(weight_mat, self._u, self._v, self.n_power_iterations, self.eps)
@@ -56,14 +96,12 @@ class _SpectralNorm(nn.Module):
             # Copies: autograd keeps u and v until backward, and the buffers may change in place before
             # then (load_state_dict, DDP's broadcast, a later training step).
             sigma = torch.vdot(self._u.clone(), torch.mv(weight_mat, self._v.clone()))
-        # An all-zero weight has sigma = 0. The clamp makes it map to 0 rather than NaN; its floor is
-        # at least the dtype's smallest normal number, since float16 rounds eps = 1e-12 to zero.
-        return sigma.clamp_min(max(self.eps, torch.finfo(sigma.dtype).tiny))
+        return sigma.clamp_min(_sigma_floor(self.eps, sigma.dtype))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.ndim == 1:
             return F.normalize(weight, dim=0, eps=self.eps)
-        return weight / self.sigma(weight)
+        return self.weight_over_sigma(weight)
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
         # Identity, as torch's: assigning module.weight = W stores W as the original.
@@ -73,26 +111,26 @@ class _SpectralNorm(nn.Module):
         return f"n_power_iterations={self.n_power_iterations}, dim={self.dim}, eps={self.eps}"
 
 
-# The layer without its bias, computed with a given weight: layer(module, input, weight, *forward's other args).
-def _linear(m: nn.Linear, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, weight)
+# The layer computed with a given weight and bias: layer(module, input, weight, bias, *forward's other args).
+def _linear(m: nn.Linear, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return F.linear(x, weight, bias)
 
 
-def _conv(m: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return m._conv_forward(x, weight, None)  # handles every padding_mode
+def _conv(m: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return m._conv_forward(x, weight, bias)  # handles every padding_mode
 
 
 _CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
-def _conv_transpose(m: nn.ConvTranspose2d, x: torch.Tensor, weight: torch.Tensor,
+def _conv_transpose(m: nn.ConvTranspose2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     output_size: list[int] | None = None) -> torch.Tensor:
     nd = weight.ndim - 2
     output_padding = m._output_padding(x, output_size, m.stride, m.padding, m.kernel_size, nd, m.dilation)
-    return _CONV_TRANSPOSE[nd](x, weight, None, m.stride, m.padding, output_padding, m.groups, m.dilation)
+    return _CONV_TRANSPOSE[nd](x, weight, bias, m.stride, m.padding, output_padding, m.groups, m.dilation)
 
 
-def _embedding(m: nn.Embedding, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _embedding(m: nn.Embedding, idx: torch.Tensor, weight: torch.Tensor, bias: None) -> torch.Tensor:
     return F.embedding(idx, weight, m.padding_idx, None, m.norm_type, m.scale_grad_by_freq, m.sparse)
 
 
@@ -151,12 +189,11 @@ def _install_forward(module: nn.Module, layer, output_size) -> None:
         if sn is None:
             return standard_forward(self, input, *args, **kwargs)
         weight = self.parametrizations.weight.original
-        sigma = sn.sigma(weight)
-        if output_size(self, input) >= weight.numel():
-            out = layer(self, input, weight / sigma, *args, **kwargs)
-        else:
-            out = layer(self, input, weight, *args, **kwargs) / sigma
         bias = getattr(self, "bias", None)
+        if output_size(self, input) >= weight.numel():
+            # The bias goes into the layer, fused as in the standard forward.
+            return layer(self, input, sn.weight_over_sigma(weight), bias, *args, **kwargs)
+        out = layer(self, input, weight, None, *args, **kwargs) / sn.sigma(weight)
         if bias is None:
             return out
         # bias broadcasts over channel dim 1 (or 0 for an unbatched conv input); the cast keeps

@@ -172,7 +172,7 @@ class OpSpec:
     def call(self, *args: Any, impl: str = "auto") -> Any:
         """Run the op on ``args`` (its arguments without impl): the op itself, or in plain eager
         mode the same backend through a lean autograd path (same results, same gradients)."""
-        if not _plain_eager(args):
+        if not plain_eager(args):
             return self.op(*args, impl)
         needs_grad = torch.is_grad_enabled() and any(
             takes and arg.requires_grad for arg, takes in zip(args, self.arg_takes_grad))
@@ -201,7 +201,7 @@ def _device_of(args: Sequence[Any]) -> str:
     raise ValueError("an op needs at least one tensor argument")
 
 
-def _plain_eager(args: Sequence[Any]) -> bool:
+def plain_eager(args: Sequence[Any]) -> bool:
     """No tracing, mode or transform that must see the op, and only plain tensors."""
     if (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
             or torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()):
