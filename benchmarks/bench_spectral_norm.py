@@ -45,7 +45,7 @@ parametrization or ``fastgen.nn.spectral_norm``). The spectral-norm overhead is 
 ~0.15 s step on a noisy 2-core machine, so the SN providers time a no-SN step untimed by pytest-benchmark
 just before each of their rounds (``baseline_s`` in extra_info): the report takes the overhead as the
 median of the paired differences, which other processes' load skews far less than a difference of
-medians taken minutes apart. FASTGEN_BENCH_SNGAN_ROUNDS sets the rounds (default 20).
+medians taken minutes apart. FASTGEN_BENCH_SNGAN_ROUNDS sets the rounds (default 60: the overhead is a few ms of a ~140 ms step).
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ LAYERS = {
 STEP_PROVIDERS = ["torch", "compile", "fastgen", "fastgen-op-cpu", "fastgen-sigma", "fastgen-weight"]
 SNGAN_PROVIDERS = ["none", "torch", "fastgen"]
 SNGAN_BATCH = (64, 3, 32, 32)
-SNGAN_ROUNDS = int(os.environ.get("FASTGEN_BENCH_SNGAN_ROUNDS", "20"))
+SNGAN_ROUNDS = int(os.environ.get("FASTGEN_BENCH_SNGAN_ROUNDS", "60"))
 
 
 def shape_id(shape: tuple[int, ...]) -> str:

@@ -14,12 +14,12 @@ TORCH_LIBRARY(fastgen_C, m) {
   m.def("adain_from_style_bwd(Tensor grad_out, Tensor content, Tensor style, float eps) -> (Tensor, Tensor)");
   m.def("spectral_norm_step(Tensor weight_mat, Tensor u, Tensor v, int n_power_iterations, float eps)"
         " -> (Tensor, Tensor, Tensor)");
-  // One training step of a spectrally normalized layer (see csrc/cpu/spectral_norm.cpp):
-  // (sigma or weight / sigma, u_new, v_new).
-  m.def("spectral_norm_layer_sigma(Tensor weight, Tensor u, Tensor v, int dim, int n_power_iterations, float eps,"
-        " float sigma_floor) -> (Tensor, Tensor, Tensor)");
-  m.def("spectral_norm_layer_weight(Tensor weight, Tensor u, Tensor v, int dim, int n_power_iterations, float eps,"
-        " float sigma_floor) -> (Tensor, Tensor, Tensor)");
+  // One training step of a spectrally normalized layer, updating the buffers u, v in place
+  // (see csrc/cpu/spectral_norm.cpp): sigma, or weight / sigma.
+  m.def("spectral_norm_layer_sigma(Tensor weight, Tensor(a!) u, Tensor(b!) v, int dim, int n_power_iterations,"
+        " float eps, float sigma_floor) -> Tensor");
+  m.def("spectral_norm_layer_weight(Tensor weight, Tensor(a!) u, Tensor(b!) v, int dim, int n_power_iterations,"
+        " float eps, float sigma_floor) -> Tensor");
 
   m.def("cpu_cache_info() -> int[]", &fastgen::cpu_cache_info);
   m.def("cpu_cache_clear() -> ()", &fastgen::cpu_cache_clear);

@@ -340,8 +340,10 @@ def _graph_node_names(tensor: torch.Tensor) -> set[str]:
 def test_each_path_runs_where_it_should(batch, layer_path):
     """CPU training in eager mode runs the native op (one autograd node); FASTGEN_BACKEND=ref the op path."""
     module = spectral_norm(nn.Linear(16, 12))
+    version = sn(module)._u._version
     names = " ".join(_graph_node_names(module(torch.randn(batch, 16))))
     assert ("SpectralNormLayerStep" in names) == (layer_path == "native"), names
+    assert sn(module)._u._version > version  # updated in place, visibly to autograd's checks
     module.eval()
     assert "SpectralNormLayerStep" not in " ".join(_graph_node_names(module(torch.randn(batch, 16))))
 
@@ -360,7 +362,8 @@ def test_native_layer_ops_gradcheck(divide_weight, dim):
     weight_mat = weight.movedim(dim, 0).flatten(1)
     u, v = power_iteration_ref(weight_mat, torch.randn(weight_mat.shape[0], dtype=torch.float64, generator=gen),
                                torch.randn(weight_mat.shape[1], dtype=torch.float64, generator=gen), 500, 1e-12)
-    assert torch.autograd.gradcheck(lambda w: op(w, u, v, dim, 1, 1e-12, 1e-12)[0],
+    # Clones: the op updates u and v in place.
+    assert torch.autograd.gradcheck(lambda w: op(w, u.clone(), v.clone(), dim, 1, 1e-12, 1e-12),
                                     (weight.requires_grad_(),), atol=1e-6)
 
 

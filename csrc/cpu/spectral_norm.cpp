@@ -6,6 +6,7 @@
 // v = s / max(|s|, eps), and sigma = u^T W v = s^T v = |s|^2 / max(|s|, eps), so sigma
 // needs no third matrix-vector product.
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
@@ -143,41 +144,111 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spectral_norm_step(const at::Tens
 
 // ---- One training step of a spectrally normalized layer, with its autograd in C++ ----
 //
-// fastgen.nn.spectral_norm's training forward in plain eager mode on the CPU: on a small
-// layer the Python bookkeeping around a 10 us kernel (custom-op dispatch, autograd.Function,
-// the clamp and division nodes and their backward) costs far more than the kernel, so the
-// whole step is one op and one autograd node. It computes what the Python path computes:
-// sigma = max(u'^T W v', floor) after the power iteration on W viewed as [size(dim), -1]
-// (floor = the module's eps, at least the dtype's tiniest normal), d sigma / d W = u' v'^T
-// where sigma is not clamped, else 0. `spectral_norm_layer_sigma` returns sigma (for
-// layer(x, W) / sigma), `spectral_norm_layer_weight` returns W / sigma.
-
-at::Tensor weight_matrix(const at::Tensor& weight, int64_t dim) { return weight.movedim(dim, 0).flatten(1); }
+// fastgen.nn.spectral_norm's training forward in plain eager mode on the CPU. Inside a model,
+// between large convolutions that evict the caches, every small ATen op or Python call costs
+// 10-20 us, so what matters on small layers is how many there are: torch's parametrization makes
+// about ten, the op path of fastgen.nn as many. Here the whole step is one op and one autograd
+// node, working on raw pointers: the power iteration on W viewed as [size(dim), -1] from the
+// buffers u, v, which it updates in place, then sigma = max(u'^T W v', floor) rounded to the
+// weight's dtype (floor = the module's eps, at least the dtype's smallest normal) and
+// d sigma / d W = u' v'^T where sigma is not clamped, else 0 (the Python path's results).
+// `spectral_norm_layer_sigma` returns sigma (for layer(x, W) / sigma), `spectral_norm_layer_weight`
+// returns W / sigma.
 
 // u v^T laid out as the weight: the matrix view [size(dim), -1] moved back.
 at::Tensor outer_as_weight(const at::Tensor& u, const at::Tensor& v, const at::Tensor& weight, int64_t dim) {
   return at::outer(u, v).view(weight.movedim(dim, 0).sizes()).movedim(0, dim);
 }
 
+// A new contiguous CPU tensor, without a trip through the dispatcher.
+at::Tensor new_tensor(at::IntArrayRef sizes, at::ScalarType dtype) { return at::detail::empty_cpu(sizes, dtype); }
+
+// The weight as a contiguous [size(dim), -1] matrix: the weight itself when dim = 0 (no op).
+at::Tensor weight_matrix(const at::Tensor& weight, int64_t dim) {
+  if (dim == 0 && weight.is_contiguous()) return weight;
+  return weight.movedim(dim, 0).flatten(1).contiguous();
+}
+
 struct LayerStep {
-  at::Tensor sigma;  // 0-dim, the weight's dtype, clamped
+  double sigma;  // in the weight's dtype, clamped
   bool clamped;
-  at::Tensor u, v;
+  at::Tensor u, v;  // copies of the updated buffers, for backward
 };
+
+template <typename T>
+LayerStep layer_step_typed(const T* w, int64_t m, int64_t n, const at::Tensor& u_buf, const at::Tensor& v_buf,
+                           int64_t n_power_iterations, double eps, double sigma_floor) {
+  using A = acc_t<T>;
+  T* ub = u_buf.data_ptr<T>();
+  T* vb = v_buf.data_ptr<T>();
+  std::vector<A> u(ub, ub + m), v(vb, vb + n);
+  const A sigma = power_iteration<T>(w, m, n, u.data(), v.data(), n_power_iterations, static_cast<A>(eps));
+  // c10::ValueError reaches Python as ValueError, as the Python path raises.
+  TORCH_CHECK_VALUE(std::isfinite(sigma), "weight contains NaN or Inf: its spectral norm is not finite");
+  std::copy(u.begin(), u.end(), ub);
+  std::copy(v.begin(), v.end(), vb);
+  u_buf.unsafeGetTensorImpl()->bump_version();
+  v_buf.unsafeGetTensorImpl()->bump_version();
+  LayerStep r{0, false, new_tensor({m}, u_buf.scalar_type()), new_tensor({n}, v_buf.scalar_type())};
+  std::copy(ub, ub + m, r.u.data_ptr<T>());
+  std::copy(vb, vb + n, r.v.data_ptr<T>());
+  const double rounded = static_cast<double>(static_cast<T>(sigma));
+  r.clamped = rounded < sigma_floor;
+  r.sigma = r.clamped ? static_cast<double>(static_cast<T>(sigma_floor)) : rounded;
+  return r;
+}
 
 LayerStep layer_step(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, int64_t dim,
                      int64_t n_power_iterations, double eps, double sigma_floor) {
-  TORCH_CHECK(weight.dim() >= 2, "weight must have at least 2 dimensions, got ", weight.sizes());
+  TORCH_CHECK(weight.dim() >= 2 && weight.numel() > 0, "weight must be non-empty with at least 2 dimensions, got ",
+              weight.sizes());
   TORCH_CHECK(dim >= 0 && dim < weight.dim(), "dim must be in [0, ", weight.dim(), "), got ", dim);
+  const int64_t m = weight.size(dim), n = weight.numel() / m;
+  TORCH_CHECK(weight.device().is_cpu() && u.device().is_cpu() && v.device().is_cpu(),
+              "spectral_norm_layer: all tensors must be on the CPU");
+  TORCH_CHECK(u.dim() == 1 && u.size(0) == m && u.is_contiguous(), "u must be a contiguous [", m, "], got ",
+              u.sizes());
+  TORCH_CHECK(v.dim() == 1 && v.size(0) == n && v.is_contiguous(), "v must be a contiguous [", n, "], got ",
+              v.sizes());
+  TORCH_CHECK(u.scalar_type() == weight.scalar_type() && v.scalar_type() == weight.scalar_type(),
+              "u and v must have the dtype of weight");
+  TORCH_CHECK(n_power_iterations >= 1, "n_power_iterations must be >= 1, got ", n_power_iterations);
+  TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
   const at::Tensor weight_mat = weight_matrix(weight, dim);
-  check_step_args(weight_mat, u, v, n_power_iterations, eps);
-  StepResult r = step(weight_mat, u, v, n_power_iterations, eps);
-  // c10::ValueError reaches Python as ValueError, as the Python path raises.
-  TORCH_CHECK_VALUE(std::isfinite(r.sigma), "weight contains NaN or Inf: its spectral norm is not finite");
-  // Rounded to the weight's dtype before the clamp, as the Python path computes sigma.
-  const at::Tensor sigma = at::scalar_tensor(r.sigma, weight.options());
-  const bool clamped = sigma.item<double>() < sigma_floor;
-  return {clamped ? at::scalar_tensor(sigma_floor, weight.options()) : sigma, clamped, r.u, r.v};
+  LayerStep r;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "spectral_norm_layer", [&] {
+    r = layer_step_typed<scalar_t>(weight_mat.const_data_ptr<scalar_t>(), m, n, u, v, n_power_iterations, eps,
+                                   sigma_floor);
+  });
+  return r;
+}
+
+template <typename T>
+void divide(const T* w, int64_t numel, double sigma, T* out) {
+  using A = acc_t<T>;
+  const A s = static_cast<A>(sigma);
+  at::parallel_for(0, numel, 131072, [&](int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) out[i] = static_cast<T>(static_cast<A>(w[i]) / s);
+  });
+}
+
+// W / sigma, as the Python path's weight / sigma (a division in the accumulation type, rounded once).
+at::Tensor weight_over_sigma(const at::Tensor& weight, double sigma) {
+  if (!weight.is_contiguous()) return at::div(weight, at::scalar_tensor(sigma, weight.options()));
+  at::Tensor out = new_tensor(weight.sizes(), weight.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "spectral_norm_layer_divide", [&] {
+    divide<scalar_t>(weight.const_data_ptr<scalar_t>(), weight.numel(), sigma, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+at::Tensor sigma_tensor(double sigma, at::ScalarType dtype) {
+  at::Tensor out = new_tensor({}, dtype);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "spectral_norm_layer_sigma", [&] {
+    *out.data_ptr<scalar_t>() = static_cast<scalar_t>(sigma);
+  });
+  return out;
 }
 
 // out = g / sigma - (<g, w> / sigma^2) u v^T for a contiguous [m, n] matrix: one pass for the
@@ -189,17 +260,15 @@ void fused_weight_backward(const T* g, const T* w, T sigma, const T* u, const T*
       0, m * n, 131072, 0.0,
       [&](int64_t begin, int64_t end, double acc) {
         for (int64_t b = begin; b < end; b += kBlock) {
-          const int64_t b_end = std::min(b + kBlock, end);
           const T *gb = g + b, *wb = w + b;
           T part = 0;
 #pragma omp simd reduction(+ : part)
-          for (int64_t i = 0; i < b_end - b; ++i) part += gb[i] * wb[i];
+          for (int64_t i = 0; i < std::min(kBlock, end - b); ++i) part += gb[i] * wb[i];
           acc += part;
         }
         return acc;
       },
       std::plus<double>());
-  const T inv = T(1) / sigma;
   const T c = static_cast<T>(dot) / (sigma * sigma);
   // Threads only past ~128k elements: below that a wake-up costs more than the pass.
   at::parallel_for(0, m, std::max<int64_t>(1, 131072 / n), [&](int64_t begin, int64_t end) {
@@ -208,34 +277,67 @@ void fused_weight_backward(const T* g, const T* w, T sigma, const T* u, const T*
       const T* gi = g + i * n;
       T* oi = out + i * n;
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) oi[j] = gi[j] * inv - cu * v[j];
+      for (int64_t j = 0; j < n; ++j) oi[j] = gi[j] / sigma - cu * v[j];
     }
   });
 }
 
-// grad_weight of W / sigma: grad / sigma - (<grad, W> / sigma^2) u v^T (the second term only where
-// sigma is not clamped). With create_graph, differentiable ATen ops; else, for a dim-0 matrix view of
-// float or double, two fused passes.
-at::Tensor weight_backward(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& sigma, bool clamped,
-                           const at::Tensor& u, const at::Tensor& v, int64_t dim) {
-  if (clamped) return grad / sigma;
-  const bool fused = !at::GradMode::is_enabled() && dim == 0 && grad.is_contiguous() && weight.is_contiguous() &&
-                     (grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kDouble) &&
-                     grad.scalar_type() == weight.scalar_type();
-  if (!fused) return grad / sigma - (grad * weight).sum() / (sigma * sigma) * outer_as_weight(u, v, weight, dim);
-  at::Tensor out = at::empty_like(grad);
-  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "spectral_norm_layer_weight_backward", [&] {
-    fused_weight_backward<scalar_t>(grad.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-                                    sigma.item<scalar_t>(), u.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
-                                    u.size(0), v.size(0), out.data_ptr<scalar_t>());
+// out = g u v^T for a contiguous [m, n] matrix.
+template <typename T>
+void fused_sigma_backward(T g, const T* u, const T* v, int64_t m, int64_t n, T* out) {
+  at::parallel_for(0, m, std::max<int64_t>(1, 131072 / n), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const T gu = g * u[i];
+      T* oi = out + i * n;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) oi[j] = gu * v[j];
+    }
   });
-  return out;
+}
+
+// The fused backward loops take float and double [m, n] matrices (dim 0), and no create_graph: a
+// double backward needs the gradient built from differentiable ATen ops.
+bool fused_backward_applies(const at::Tensor& grad, const at::Tensor& weight, int64_t dim) {
+  return !at::GradMode::is_enabled() && dim == 0 && grad.is_contiguous() && weight.is_contiguous() &&
+         grad.scalar_type() == weight.scalar_type() &&
+         (weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble);
 }
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// Which of the two outputs the op returns: sigma, or W / sigma.
+// Which output the op returns: W / sigma, or sigma.
+template <bool kDivideWeight>
+at::Tensor layer_output(const at::Tensor& weight, const LayerStep& r) {
+  return kDivideWeight ? weight_over_sigma(weight, r.sigma) : sigma_tensor(r.sigma, weight.scalar_type());
+}
+
+template <bool kDivideWeight>
+at::Tensor layer_grad(const at::Tensor& grad, const at::Tensor& weight, double sigma, bool clamped,
+                      const at::Tensor& u, const at::Tensor& v, int64_t dim) {
+  const at::Tensor sigma_t = at::scalar_tensor(sigma, weight.options());
+  if (kDivideWeight) {
+    if (clamped) return grad / sigma_t;
+    if (!fused_backward_applies(grad, weight, dim))
+      return grad / sigma_t - (grad * weight).sum() / (sigma_t * sigma_t) * outer_as_weight(u, v, weight, dim);
+    at::Tensor out = new_tensor(weight.sizes(), weight.scalar_type());
+    AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "spectral_norm_layer_weight_backward", [&] {
+      fused_weight_backward<scalar_t>(grad.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                                      static_cast<scalar_t>(sigma), u.const_data_ptr<scalar_t>(),
+                                      v.const_data_ptr<scalar_t>(), u.size(0), v.size(0), out.data_ptr<scalar_t>());
+    });
+    return out;
+  }
+  if (clamped) return at::zeros_like(weight);
+  if (!fused_backward_applies(grad, weight, dim)) return grad * outer_as_weight(u, v, weight, dim);
+  at::Tensor out = new_tensor(weight.sizes(), weight.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "spectral_norm_layer_sigma_backward", [&] {
+    fused_sigma_backward<scalar_t>(*grad.const_data_ptr<scalar_t>(), u.const_data_ptr<scalar_t>(),
+                                   v.const_data_ptr<scalar_t>(), u.size(0), v.size(0), out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
 template <bool kDivideWeight>
 struct SpectralNormLayerStep : torch::autograd::Function<SpectralNormLayerStep<kDivideWeight>> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& u,
@@ -243,46 +345,34 @@ struct SpectralNormLayerStep : torch::autograd::Function<SpectralNormLayerStep<k
                                double sigma_floor) {
     LayerStep r = layer_step(weight, u, v, dim, n_power_iterations, eps, sigma_floor);
     ctx->saved_data["dim"] = dim;
+    ctx->saved_data["sigma"] = r.sigma;
     ctx->saved_data["clamped"] = r.clamped;
-    ctx->save_for_backward({weight, r.sigma, r.u, r.v});
-    ctx->mark_non_differentiable({r.u, r.v});
-    return {kDivideWeight ? weight / r.sigma : r.sigma, r.u, r.v};
+    ctx->save_for_backward({weight, r.u, r.v});
+    return {layer_output<kDivideWeight>(weight, r)};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &weight = saved[0], &sigma = saved[1], &u = saved[2], &v = saved[3];
-    const int64_t dim = ctx->saved_data["dim"].toInt();
-    const bool clamped = ctx->saved_data["clamped"].toBool();
     at::Tensor grad_weight;
-    if (!grads[0].defined()) {
-      grad_weight = at::Tensor();
-    } else if (kDivideWeight) {
-      grad_weight = weight_backward(grads[0], weight, sigma, clamped, u, v, dim);
-    } else {
-      grad_weight = clamped ? at::zeros_like(weight) : grads[0] * outer_as_weight(u, v, weight, dim);
-    }
+    if (grads[0].defined())
+      grad_weight = layer_grad<kDivideWeight>(grads[0], saved[0], ctx->saved_data["sigma"].toDouble(),
+                                              ctx->saved_data["clamped"].toBool(), saved[1], saved[2],
+                                              ctx->saved_data["dim"].toInt());
     return {grad_weight, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 template <bool kDivideWeight>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_step_autograd(const at::Tensor& weight, const at::Tensor& u,
-                                                                   const at::Tensor& v, int64_t dim,
-                                                                   int64_t n_power_iterations, double eps,
-                                                                   double sigma_floor) {
-  variable_list out =
-      SpectralNormLayerStep<kDivideWeight>::apply(weight, u, v, dim, n_power_iterations, eps, sigma_floor);
-  return {out[0], out[1], out[2]};
+at::Tensor layer_step_autograd(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, int64_t dim,
+                               int64_t n_power_iterations, double eps, double sigma_floor) {
+  return SpectralNormLayerStep<kDivideWeight>::apply(weight, u, v, dim, n_power_iterations, eps, sigma_floor)[0];
 }
 
+// Below autograd (inference mode): the same step, no graph.
 template <bool kDivideWeight>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_step_no_grad(const at::Tensor& weight, const at::Tensor& u,
-                                                                  const at::Tensor& v, int64_t dim,
-                                                                  int64_t n_power_iterations, double eps,
-                                                                  double sigma_floor) {
-  LayerStep r = layer_step(weight, u, v, dim, n_power_iterations, eps, sigma_floor);
-  return {kDivideWeight ? weight / r.sigma : r.sigma, r.u, r.v};
+at::Tensor layer_step_no_grad(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, int64_t dim,
+                              int64_t n_power_iterations, double eps, double sigma_floor) {
+  return layer_output<kDivideWeight>(weight, layer_step(weight, u, v, dim, n_power_iterations, eps, sigma_floor));
 }
 
 }  // namespace

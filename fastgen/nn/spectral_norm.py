@@ -64,12 +64,9 @@ class _SpectralNorm(nn.Module):
             return None
         op = (torch.ops.fastgen_C.spectral_norm_layer_weight if divide_weight
               else torch.ops.fastgen_C.spectral_norm_layer_sigma)
-        result, u, v = op(weight, self._u, self._v, self.dim, self.n_power_iterations, self.eps,
-                          _sigma_floor(self.eps, weight.dtype))
-        with torch.no_grad():
-            self._u.copy_(u)
-            self._v.copy_(v)
-        return result
+        # Updates _u and _v in place; autograd keeps copies of them.
+        return op(weight, self._u, self._v, self.dim, self.n_power_iterations, self.eps,
+                  _sigma_floor(self.eps, weight.dtype))
 
     def weight_over_sigma(self, weight: torch.Tensor) -> torch.Tensor:
         """W / sigma(W); in training mode the power iteration first advances ``_u``, ``_v``."""
