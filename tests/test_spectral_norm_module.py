@@ -307,21 +307,26 @@ def test_distributed_data_parallel_keeps_u_v_in_sync(tmp_path):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store")), nprocs=2)
 
 
-@pytest.mark.parametrize("batch", [2, 64], ids=["output-smaller-than-weight", "output-larger-than-weight"])
+# Linear(1024, 256) has 2^18 weights: 1/sigma goes on the output at batch 2 (512 outputs), on the
+# weight at batch 300 (76800 outputs, more than a quarter of the weight).
+FOLD_LAYER = (1024, 256)
+BATCHES = {"sigma-on-output": 2, "sigma-on-weight": 300}
+
+
+@pytest.mark.parametrize("batch", BATCHES.values(), ids=BATCHES.keys())
 def test_both_ways_of_applying_sigma_match_torch(batch, layer_path):
-    """1/sigma goes on the output for small outputs and on the weight for large ones: same results."""
+    """1/sigma goes on the output for small outputs of large weights, else on the weight: same results."""
     torch.manual_seed(0)
-    ours = spectral_norm(torch.nn.Linear(16, 12))
+    ours = spectral_norm(torch.nn.Linear(*FOLD_LAYER))
     torch.manual_seed(0)
-    theirs = torch_spectral_norm(torch.nn.Linear(16, 12))
-    x = torch.randn(batch, 16)
+    theirs = torch_spectral_norm(torch.nn.Linear(*FOLD_LAYER))
+    x = torch.randn(batch, FOLD_LAYER[0])
     out, ref = ours(x), theirs(x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     out.square().sum().backward()
     ref.square().sum().backward()
     # The weight gradient sums over the batch: float32 rounding grows with it.
-    torch.testing.assert_close(ours.parametrizations.weight.original.grad,
-                               theirs.parametrizations.weight.original.grad, rtol=1e-4, atol=1e-5)
+    close(ours.parametrizations.weight.original.grad, theirs.parametrizations.weight.original.grad, rtol=1e-4)
 
 
 def _graph_node_names(tensor: torch.Tensor) -> set[str]:
@@ -336,16 +341,21 @@ def _graph_node_names(tensor: torch.Tensor) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("batch", [2, 64], ids=["sigma-on-output", "sigma-on-weight"])
+@pytest.mark.parametrize("batch", BATCHES.values(), ids=BATCHES.keys())
 def test_each_path_runs_where_it_should(batch, layer_path):
-    """CPU training in eager mode runs the native op (one autograd node); FASTGEN_BACKEND=ref the op path."""
-    module = spectral_norm(nn.Linear(16, 12))
+    """CPU training in eager mode runs the native op (one autograd node, returning sigma or W / sigma);
+    FASTGEN_BACKEND=ref the op path; eval mode neither."""
+    module = spectral_norm(nn.Linear(*FOLD_LAYER))
+    x = torch.randn(batch, FOLD_LAYER[0])
     version = sn(module)._u._version
-    names = " ".join(_graph_node_names(module(torch.randn(batch, 16))))
+    names = " ".join(_graph_node_names(module(x)))
     assert ("SpectralNormLayerStep" in names) == (layer_path == "native"), names
+    if layer_path == "native":
+        divides_weight = batch == BATCHES["sigma-on-weight"]
+        assert f"SpectralNormLayerStep<{str(divides_weight).lower()}>" in names, names
     assert sn(module)._u._version > version  # updated in place, visibly to autograd's checks
     module.eval()
-    assert "SpectralNormLayerStep" not in " ".join(_graph_node_names(module(torch.randn(batch, 16))))
+    assert "SpectralNormLayerStep" not in " ".join(_graph_node_names(module(x)))
 
 
 @pytest.mark.skipif(_backends.cext_reason() is not None, reason="needs fastgen._C")
