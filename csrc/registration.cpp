@@ -21,6 +21,11 @@ TORCH_LIBRARY(fastgen_C, m) {
   m.def("spectral_norm_layer_weight(Tensor weight, Tensor(a!) u, Tensor(b!) v, int dim, int n_power_iterations,"
         " float eps, float sigma_floor) -> Tensor");
 
+  // VQ (csrc/cpu/vq.cpp): nearest codebook entry by squared L2 distance, (indices, distances);
+  // and the EMA statistics of a codebook, (counts [K], sums [K, D]).
+  m.def("vq_nearest_l2(Tensor z, Tensor codebook) -> (Tensor, Tensor)");
+  m.def("vq_cluster_stats(Tensor z, Tensor indices, int codebook_size) -> (Tensor, Tensor)");
+
   m.def("cpu_cache_info() -> int[]", &fastgen::cpu_cache_info);
   m.def("cpu_cache_clear() -> ()", &fastgen::cpu_cache_clear);
   m.def("cpu_cache_set_limit(int megabytes) -> ()", &fastgen::cpu_cache_set_limit);
