@@ -11,6 +11,11 @@ bandwidth columns show only where the benchmark set ``bytes_moved``. ``iqr %`` (
 range / median) says how far to trust a row; ``compile s`` is the first call of the compiled
 function, "cached" when Inductor loaded graphs from its disk cache.
 
+VQ, ``vq_nearest``: ``vs best torch`` divides the fastest of the torch providers (cdist, addmm,
+compile) by this row; ``GFLOP/s`` counts 2 N K D and ``% sgemm`` compares it with the float32
+matrix-multiply rate measured in the same run; ``peak MiB`` is how far one call raised the peak
+resident memory, and ``% NxK`` that as a share of the N x K float32 distance matrix.
+
 Spectral norm, ``sngan_d_step``: ``SN ovh ms`` is the spectral-norm overhead, time(with SN) -
 time(without SN), taken as the median over rounds of (this round - the no-SN step timed just
 before it) when the benchmark recorded those (``baseline_s``); ``ovh (medians)`` is the plain
@@ -52,10 +57,12 @@ class Suite:
     check_providers: tuple[str, ...]  # the checks run for each; --strict judges the first
     checks: tuple[Check, ...]
     paired_baseline: str | None = None  # groups with this provider get the overhead columns
+    best_of: tuple[str, ...] = ()  # providers of the "vs best torch" column: the fastest of them
 
 
 ADAIN_HEADLINE = {"op": "adain_from_style", "shape": [16, 512, 32, 32], "dtype": "float32"}
 SN_STEP = {"op": "spectral_norm_step", "dtype": "float32"}
+VQ_SIZES = [(n, k) for n in (16384, 65536) for k in (512, 1024, 8192)]
 
 SUITES = (
     Suite("adain", "adain_from_style float32", ("adain_from_style", "adain"), ("eager", "compile"),
@@ -76,6 +83,14 @@ SUITES = (
               Check("SN-GAN D step 64x3x32x32: SN overhead <= {target} x torch's SN overhead",
                     {"op": "sngan_d_step"}, "ovh_vs_torch", "<=", 0.5),
           ), paired_baseline="none"),
+    Suite("vq", "vq_nearest float32, D=64", ("vq_nearest",), ("addmm", "faiss"), ("fastgen",), (
+        *(Check(f"N={n} K={k}: speedup vs faiss >= {{target}}", {"op": "vq_nearest", "shape": [n, k, 64]},
+                "vs_faiss", ">=", 1.0) for n, k in VQ_SIZES),
+        *(Check(f"N={n} K={k}: speedup vs the best torch variant >= {{target}}",
+                {"op": "vq_nearest", "shape": [n, k, 64]}, "vs_best_torch", ">=", 3.0) for n, k in VQ_SIZES),
+        *(Check(f"N={n} K=8192: peak extra memory <= {{target}} % of the N x K float32 matrix",
+                {"op": "vq_nearest", "shape": [n, 8192, 64]}, "pct_nxk", "<=", 1.0) for n in (16384, 65536)),
+    ), best_of=("cdist", "addmm", "compile")),
 )
 
 
@@ -135,6 +150,16 @@ def load(path: str) -> Run:
         for other in suite.baselines:
             theirs = medians.get((b["group"], other))
             row[f"vs_{other}"] = None if theirs is None else theirs / median
+        if suite.best_of:
+            theirs = [medians[(b["group"], p)] for p in suite.best_of if (b["group"], p) in medians]
+            row["vs_best_torch"] = min(theirs) / median if theirs else None
+        if (flops := info.get("flops")) is not None:
+            row["gflops"] = flops / median / 1e9
+            if (sgemm := machine.get("sgemm_gflops")) is not None:
+                row["pct_sgemm"] = 100 * row["gflops"] / sgemm
+        if (peak := info.get("peak_extra_bytes")) is not None:
+            row["peak_mib"] = peak / 2**20
+            row["pct_nxk"] = 100 * peak / info["nxk_float32_bytes"]
         if info.get("bytes_moved") is not None:
             gbps = info["bytes_moved"] / median / 1e9
             row.update(gbps=gbps, pct_bw=None if bandwidth is None else 100 * gbps / bandwidth,
@@ -161,6 +186,8 @@ def columns(suite: Suite) -> list[tuple[str, str, int | None]]:
     return [
         ("provider", "provider", None), ("mean ms", "mean_ms", 3), ("median ms", "median_ms", 3),
         ("iqr %", "iqr_pct", 0), *((f"vs {b}", f"vs_{b}", 2) for b in suite.baselines),
+        ("vs best torch", "vs_best_torch", 2), ("GFLOP/s", "gflops", 1), ("% sgemm", "pct_sgemm", 0),
+        ("peak MiB", "peak_mib", 1), ("% NxK", "pct_nxk", 2),
         ("GB/s", "gbps", 1), ("% copy bw", "pct_bw", 0), ("x floor", "x_floor", 2), ("compile s", "compile", None),
         ("SN ovh ms", "ovh_ms", 2), ("ovh (medians)", "ovh_unpaired_ms", 2),
         (f"ovh / {suite.baselines[0]}", f"ovh_vs_{suite.baselines[0]}", 2),
@@ -181,8 +208,10 @@ def fmt_row(cols: list, values: list) -> str:
 
 def print_run(run: Run) -> None:
     bw, load = run.machine.get("copy_bandwidth_gbps"), run.machine.get("loadavg")
+    sgemm = run.machine.get("sgemm_gflops")
     print(f"\n== {run.path}: {run.label}"
           f"\n   copy bandwidth {'not recorded' if bw is None else f'{bw:.1f} GB/s'}, "
+          f"sgemm {'not recorded' if sgemm is None else f'{sgemm:.0f} GFLOP/s'}, "
           f"torch threads {run.machine.get('torch_num_threads', '?')}, THP sysfs {run.machine.get('thp_sysfs', '?')}, "
           f"load average at end {'?' if load is None else ' '.join(f'{x:.1f}' for x in load)}")
     threads = run.machine.get("torch_num_threads")

@@ -1,8 +1,10 @@
 """Tolerances, input makers and parity helpers shared by tests and benchmarks."""
 from __future__ import annotations
 
+import ctypes
+import re
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -92,3 +94,23 @@ def benchmark_after_warm_up(benchmark, provider: str, step) -> None:
         benchmark.extra_info["compile_s"] = time.perf_counter() - start
         benchmark.extra_info["compile_cache_hits"] = counters["inductor"]["fxgraph_cache_hit"] - cache_hits
     benchmark(step)
+
+
+def _proc_status_bytes(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
+
+
+def peak_memory_increase(fn: Callable[[], object]) -> int:
+    """How far ``fn()`` raises this process's peak resident memory above what it holds before, in bytes.
+
+    Linux only: freed heap memory goes back to the OS first (malloc_trim) and the peak (VmHWM) is
+    reset through /proc/self/clear_refs, so the result counts what fn allocates and touches,
+    whichever allocator (torch's, std::vector, a library's own) it goes through.
+    """
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident size
+    before = _proc_status_bytes("VmRSS")
+    fn()
+    return max(0, _proc_status_bytes("VmHWM") - before)

@@ -14,8 +14,8 @@ import torch
 
 from fastgen.ops._library import to_accumulation_dtype as _acc
 
-# Rows per chunk: the chunk's score matrix [rows, K] stays at about 4M elements (16 MB in float32).
-_CHUNK_ELEMENTS = 1 << 22
+# Rows per chunk: the chunk's score matrix [rows, K] stays at about 1M elements (4 MB in float32).
+_CHUNK_ELEMENTS = 1 << 20
 
 
 def vq_nearest_l2_ref(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
