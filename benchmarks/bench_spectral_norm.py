@@ -34,6 +34,11 @@ return W / sigma need a second read of W and a write of W / sigma (sigma needs a
 W is at most 9.4 MB here and fits in the last-level cache, so ``x floor`` (measured against a
 256 MiB copy) can drop below 1.
 
+``sn_layer_forward`` groups: the training-mode forward (with autograd recording) of one spectrally
+normalized layer, ``torch`` (torch's parametrization) against ``fastgen`` (``fastgen.nn.spectral_norm``),
+per layer type: Conv2d(64, 64, 3) on 16x64x16x16, ConvTranspose2d(64, 64, 4, stride 2) on 16x64x8x8
+(dim=1), Linear(1024, 1024) on 64x1024, Embedding(10000, 256) on 64x32 indices.
+
 ``sngan_d_step`` group: one discriminator step of ``fastgen.models.sngan.Discriminator()`` (its default
 widths) at batch 64, 3x32x32: forward on a real batch and on a fake batch (two forwards, as
 ``sngan.train_step`` does, so the power iteration runs twice), ``sngan.d_hinge_loss`` and its backward
@@ -152,6 +157,27 @@ def test_spectral_norm_step(benchmark, shape, provider):
         **common_info("spectral_norm_step", provider, shape), "layer": repr(LAYERS[shape]()),
         "bytes_moved": step_bytes_moved(provider, shape, DTYPE.itemsize)})
     benchmark_after_warm_up(benchmark, provider, step)
+
+
+# name -> (layer, input): the layer types fastgen.nn.spectral_norm gives its own forward.
+SN_LAYERS = {
+    "conv2d": (lambda: nn.Conv2d(64, 64, 3, padding=1), lambda: torch.randn(16, 64, 16, 16)),
+    "conv_transpose2d": (lambda: nn.ConvTranspose2d(64, 64, 4, stride=2, padding=1), lambda: torch.randn(16, 64, 8, 8)),
+    "linear": (lambda: nn.Linear(1024, 1024), lambda: torch.randn(64, 1024)),
+    "embedding": (lambda: nn.Embedding(10000, 256), lambda: torch.randint(0, 10000, (64, 32))),
+}
+
+
+@pytest.mark.parametrize("provider", ["torch", "fastgen"])
+@pytest.mark.parametrize("layer_name", list(SN_LAYERS))
+def test_sn_layer_forward(benchmark, layer_name, provider):
+    make_layer, make_input = SN_LAYERS[layer_name]
+    torch.manual_seed(0)
+    spectral_norm = fastgen_spectral_norm if provider == "fastgen" else torch.nn.utils.parametrizations.spectral_norm
+    layer, x = spectral_norm(make_layer().to(DTYPE)).train(), make_input()
+    benchmark.group = f"sn_layer_forward {layer_name}"
+    benchmark.extra_info.update({**common_info("sn_layer_forward", provider, tuple(x.shape)), "layer": layer_name})
+    benchmark_after_warm_up(benchmark, provider, lambda: layer(x))
 
 
 def make_discriminator_step(provider: str):

@@ -75,11 +75,14 @@ SUITES = (
                     "x_floor", "<=", 1.5, thp_only=True),
           )),
     Suite("spectral_norm", "spectral norm float32, train mode, 1 power iteration",
-          ("spectral_norm_step", "sngan_d_step"), ("torch", "compile"), ("fastgen",), (
+          ("spectral_norm_step", "sn_layer_forward", "sngan_d_step"), ("torch", "compile"), ("fastgen",), (
               Check("step 512x4608: speedup vs torch's parametrization >= {target}",
                     {**SN_STEP, "shape": [512, 4608]}, "vs_torch", ">=", 2.0),
               Check("step 64x1024: speedup vs torch's parametrization >= {target}",
                     {**SN_STEP, "shape": [64, 1024]}, "vs_torch", ">=", 1.5),
+              *(Check(f"{layer} forward (train mode): speedup vs torch's spectral norm >= {{target}}",
+                      {"op": "sn_layer_forward", "layer": layer}, "vs_torch", ">=", 1.0)
+                for layer in ("conv2d", "conv_transpose2d", "linear", "embedding")),
               Check("SN-GAN D step 64x3x32x32: SN overhead <= {target} x torch's SN overhead",
                     {"op": "sngan_d_step"}, "ovh_vs_torch", "<=", 0.5),
           ), paired_baseline="none"),
