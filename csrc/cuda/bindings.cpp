@@ -1,5 +1,5 @@
 // CUDA implementations of the fastgen_C ops (schemas in csrc/registration.cpp): validate,
-// allocate outputs, and call the torch-free launchers in adain.cu and spectral_norm.cu.
+// allocate outputs, and call the torch-free launchers in adain.cu, spectral_norm.cu and vq.cu.
 #include <climits>
 #include <tuple>
 #include <type_traits>
@@ -12,6 +12,7 @@
 
 #include "adain.cuh"
 #include "spectral_norm.cuh"
+#include "vq.cuh"
 
 namespace {
 
@@ -216,6 +217,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spectral_norm_step(const at::Tens
   return {sigma, u_new, v_new};
 }
 
+void check_vq_inputs(const at::Tensor& z, const at::Tensor& codebook) {
+  TORCH_CHECK(z.is_cuda() && codebook.is_cuda(),
+              "vq_nearest_l2: the CUDA kernel needs CUDA tensors, got ", z.device(), " and ",
+              codebook.device());
+  TORCH_CHECK(z.device() == codebook.device(), "vq_nearest_l2: codebook must be on z's device (",
+              z.device(), "), got ", codebook.device());
+  TORCH_CHECK(z.dim() == 2, "vq_nearest_l2: z must be 2-D [N, D], got ", z.sizes());
+  TORCH_CHECK(codebook.dim() == 2, "vq_nearest_l2: codebook must be 2-D [K, D], got ",
+              codebook.sizes());
+  TORCH_CHECK(z.size(1) == codebook.size(1),
+              "vq_nearest_l2: z and codebook must have the same dimension D, got ", z.sizes(),
+              " and ", codebook.sizes());
+  TORCH_CHECK(codebook.size(0) >= 1,
+              "vq_nearest_l2: codebook must have at least one entry (K >= 1), got ",
+              codebook.sizes());
+  TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble,
+              "vq_nearest_l2: the CUDA kernel takes float32 or float64, got ", z.scalar_type());
+  TORCH_CHECK(codebook.scalar_type() == z.scalar_type(),
+              "vq_nearest_l2: codebook must have z's dtype (", z.scalar_type(), "), got ",
+              codebook.scalar_type());
+}
+
+// (indices int64 [N], distances [N] in z's dtype); the kernel never builds the N x K matrix.
+std::tuple<at::Tensor, at::Tensor> vq_nearest_l2(const at::Tensor& z, const at::Tensor& codebook) {
+  check_vq_inputs(z, codebook);
+  const c10::cuda::CUDAGuard guard(z.device());
+  const at::Tensor zc = z.contiguous(), ec = codebook.contiguous();
+  const int64_t n = zc.size(0), k = ec.size(0), d = zc.size(1);
+  at::Tensor indices = at::empty({n}, zc.options().dtype(at::kLong));
+  at::Tensor distances = at::empty({n}, zc.options());
+  if (n == 0) return {indices, distances};
+  AT_DISPATCH_FLOATING_TYPES(zc.scalar_type(), "vq_nearest_l2", [&] {
+    const cudaError_t err = fastgen::vq_nearest_l2_cuda<scalar_t>(
+        zc.data_ptr<scalar_t>(), ec.data_ptr<scalar_t>(), n, k, d, indices.data_ptr<int64_t>(),
+        distances.data_ptr<scalar_t>(), at::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(err == cudaSuccess, "vq_nearest_l2: CUDA kernel launch failed: ",
+                cudaGetErrorString(err));
+  });
+  return {indices, distances};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgen_C, CUDA, m) {
@@ -224,4 +266,5 @@ TORCH_LIBRARY_IMPL(fastgen_C, CUDA, m) {
   m.impl("adain_from_style_fwd", TORCH_FN(adain_from_style_fwd));
   m.impl("adain_from_style_bwd", TORCH_FN(adain_from_style_bwd));
   m.impl("spectral_norm_step", TORCH_FN(spectral_norm_step));
+  m.impl("vq_nearest_l2", TORCH_FN(vq_nearest_l2));
 }
