@@ -312,11 +312,13 @@ def ddp_rank_batch(step: int, rank: int) -> torch.Tensor:
 
 def ddp_modules() -> dict[str, VectorQuantizer]:
     """Without revival (its random picks differ by design from a single process's) for the parity
-    with one process, and with a code forced dead for revival across ranks."""
+    with one process, and with a code forced dead for revival across ranks, with either codebook."""
     modules = {"ema": make_vq(DDP_DIM, DDP_CODES, decay=0.8, threshold_dead=0, channel_first=True),
-               "revival": make_vq(DDP_DIM, DDP_CODES, decay=0.8, channel_first=True)}
+               "revival": make_vq(DDP_DIM, DDP_CODES, decay=0.8, channel_first=True),
+               "trained-revival": make_vq(DDP_DIM, DDP_CODES, channel_first=True)}
     with torch.no_grad():
-        modules["revival"].codebook[-1] = 100.0
+        for name in ("revival", "trained-revival"):
+            modules[name].codebook[-1] = 100.0
     return modules
 
 
@@ -332,7 +334,7 @@ def _ddp_worker(rank: int, world_size: int, store_path: str, out_dir: str) -> No
                 out = module(ddp_rank_batch(step, rank))
                 results[f"{name}/perplexity/{step}"] = out.perplexity
                 if step == 0:
-                    results[f"{name}/codebook/0"] = module.codebook.clone()
+                    results[f"{name}/codebook/0"] = module.codebook.detach().clone()
         for name, module in modules.items():
             results.update({f"{name}/{key}": value for key, value in module.state_dict().items()})
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -361,7 +363,8 @@ def test_distributed_ranks_keep_the_codebook_of_the_concatenated_batch(tmp_path)
 
     # Code 4 was dead on both ranks at the first step and got a vector of rank 0's batch.
     rank0_vectors = ddp_rank_batch(0, 0).movedim(1, -1).reshape(-1, DDP_DIM)
-    assert (rank0_vectors == ranks[0]["revival/codebook/0"][-1]).all(dim=1).any()
+    for name in ("revival", "trained-revival"):
+        assert (rank0_vectors == ranks[0][f"{name}/codebook/0"][-1]).all(dim=1).any(), name
 
 
 # --- arguments -------------------------------------------------------------------------------

@@ -29,19 +29,19 @@ class VQVAE(nn.Module):
 
     The encoder halves the resolution once (8x8 -> 4x4) to ``latent_dim`` channels; every latent
     vector is quantized to one of ``codebook_size`` codes; the decoder mirrors the encoder.
-    ``quantizer_kwargs`` go to :class:`VectorQuantizer` (default: ``decay=0.99``).
+    ``decay`` and ``quantizer_kwargs`` go to :class:`VectorQuantizer`.
     """
 
     def __init__(self, channels: int = 1, hidden: int = 32, latent_dim: int = 16, codebook_size: int = 32,
-                 **quantizer_kwargs) -> None:
+                 decay: float | None = 0.99, **quantizer_kwargs) -> None:
         super().__init__()
         self.encoder = nn.Sequential(
             nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(),
             nn.Conv2d(hidden, 2 * hidden, 4, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(2 * hidden, latent_dim, 1),
         )
-        self.quantizer = VectorQuantizer(latent_dim, codebook_size, channel_first=True,
-                                         **{"decay": 0.99, **quantizer_kwargs})
+        self.quantizer = VectorQuantizer(latent_dim, codebook_size, decay=decay, channel_first=True,
+                                         **quantizer_kwargs)
         self.decoder = nn.Sequential(
             nn.Conv2d(latent_dim, 2 * hidden, 3, padding=1), nn.ReLU(),
             nn.ConvTranspose2d(2 * hidden, hidden, 4, stride=2, padding=1), nn.ReLU(),

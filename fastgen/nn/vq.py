@@ -47,8 +47,8 @@ class VectorQuantizer(nn.Module):
             ``threshold_dead`` times the uniform share 1 / K. Dead codes are re-initialized from random
             vectors of the current batch, and get the uniform share back as a grace period. The default
             0.1 revives, at the first training step, every code the batch did not use (a data-dependent
-            initialization), and later a code that stopped being used after about 230 steps
-            (log(0.1) / log(0.99)). 0 turns revival off.
+            initialization), and later a code that had the uniform share and stopped being used after
+            about 230 steps (log(0.1) / log(0.99)). 0 turns revival off.
         metric: "l2", or "cosine": vectors and codes are L2-normalized, and the search, the quantized
             output (unit vectors), the losses and the EMA statistics all use the normalized vectors.
         channel_first: False for inputs [..., D]; True for [B, D, *spatial] such as an NCHW feature map.
