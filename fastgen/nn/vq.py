@@ -19,7 +19,7 @@ DEFAULT_USAGE_DECAY = 0.99
 class VQOutput(NamedTuple):
     """What :class:`VectorQuantizer` returns."""
 
-    quantized: torch.Tensor  # the input's shape; its gradient passes to the input unchanged
+    quantized: torch.Tensor  # the input's shape; its gradient passes to the input unchanged (l2)
     indices: torch.Tensor  # int64 code per vector: the input's shape without the channel dimension
     loss: torch.Tensor  # scalar: codebook + commitment loss (commitment only with an EMA codebook)
     perplexity: torch.Tensor  # exp(entropy of the batch's code frequencies), in [1, codebook_size]
@@ -48,7 +48,7 @@ class VectorQuantizer(nn.Module):
             vectors of the current batch, and get the uniform share back as a grace period. The default
             0.1 revives, at the first training step, every code the batch did not use (a data-dependent
             initialization), and later a code that had the uniform share and stopped being used after
-            about 230 steps (log(0.1) / log(0.99)). 0 turns revival off.
+            about 230 steps at a usage decay of 0.99 (log(0.1) / log(0.99)). 0 turns revival off.
         metric: "l2", or "cosine": vectors and codes are L2-normalized, and the search, the quantized
             output (unit vectors), the losses and the EMA statistics all use the normalized vectors.
         channel_first: False for inputs [..., D]; True for [B, D, *spatial] such as an NCHW feature map.
