@@ -35,6 +35,7 @@ VQ_NEAREST_L2 = define(OpSpec(
         schema="(Tensor grad_distances, Tensor z, Tensor codebook, Tensor indices) -> (Tensor, Tensor)",
         reference=vq_nearest_l2_backward_ref,
         fake=lambda grad_distances, z, codebook, indices: (torch.empty_like(z), torch.empty_like(codebook)),
+        no_grad_inputs=("indices",),
     ),
 ))
 
