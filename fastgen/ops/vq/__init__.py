@@ -63,10 +63,13 @@ def _check_matrix(name: str, t: object, expected: str) -> None:
 
 
 def _check_finite(name: str, t: torch.Tensor) -> None:
-    # One pass over the input, small next to the N x K search; skipped while tracing.
-    if not torch.compiler.is_compiling() and t.numel() and not math.isfinite(t.sum(dtype=torch.float64).item()):
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} contains NaN or Inf: its nearest codebook entry is undefined")
+    # A sum propagates NaN and Inf without a temporary the size of t; only when it is not finite (an
+    # overflow of finite values is possible too, in half precision) does the exact elementwise test run.
+    # Skipped while tracing.
+    if torch.compiler.is_compiling() or not t.numel() or math.isfinite(t.sum().item()):
+        return
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf: its nearest codebook entry is undefined")
 
 
 def check_inputs(z: object, codebook: object, metric: object = "l2") -> None:
