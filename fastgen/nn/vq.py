@@ -49,6 +49,8 @@ class VectorQuantizer(nn.Module):
             0.1 revives, at the first training step, every code the batch did not use (a data-dependent
             initialization), and later a code that had the uniform share and stopped being used after
             about 230 steps at a usage decay of 0.99 (log(0.1) / log(0.99)). 0 turns revival off.
+            With a gradient-trained codebook, an optimizer's state for a revived row (Adam's moments)
+            still describes the old code; the row's next updates use it as they are.
         metric: "l2", or "cosine": vectors and codes are L2-normalized, and the search, the quantized
             output (unit vectors), the losses and the EMA statistics all use the normalized vectors.
         channel_first: False for inputs [..., D]; True for [B, D, *spatial] such as an NCHW feature map.
