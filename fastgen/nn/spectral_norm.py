@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from fastgen import _backends
+from fastgen.ops import _checks as checks
 from fastgen.ops._library import FLOAT_DTYPES, plain_eager
 from fastgen.ops.spectral_norm import spectral_norm_step
 from fastgen.ops.spectral_norm.reference import power_iteration_ref
@@ -245,13 +246,11 @@ def spectral_norm(module: nn.Module, name: str = "weight", n_power_iterations: i
     weight = getattr(module, name, None)
     if not isinstance(weight, torch.Tensor):
         raise ValueError(f"Module '{module}' has no parameter or buffer with name '{name}'")
-    if isinstance(n_power_iterations, bool) or not isinstance(n_power_iterations, int) or n_power_iterations < 1:
-        raise ValueError(f"n_power_iterations must be an int >= 1, got {n_power_iterations!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a positive float, got {eps!r}")
+    checks.positive_int("n_power_iterations", n_power_iterations)
+    eps = checks.positive_float("eps", eps)
     if dim is None:
         dim = 1 if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
-    parametrize.register_parametrization(module, name, _SpectralNorm(weight, n_power_iterations, dim, float(eps)))
+    parametrize.register_parametrization(module, name, _SpectralNorm(weight, n_power_iterations, dim, eps))
     # Only where the standard forward is in use: a subclass's own forward may use the weight otherwise.
     layer = next((fns for cls, fns in _LAYERS.items() if type(module).forward is cls.forward), None)
     if name == "weight" and layer is not None:

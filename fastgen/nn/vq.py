@@ -9,6 +9,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from fastgen.ops import _checks as checks
 from fastgen.ops.vq import METRICS, vq_cluster_stats, vq_nearest
 
 # How fast the usage estimate behind dead-code revival forgets, when there is no EMA ``decay``
@@ -66,9 +67,8 @@ class VectorQuantizer(nn.Module):
                  eps: float = 1e-5, threshold_dead: float = 0.1, metric: str = "l2", *,
                  channel_first: bool = False) -> None:
         super().__init__()
-        for name, value in (("dim", dim), ("codebook_size", codebook_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        checks.positive_int("dim", dim)
+        checks.positive_int("codebook_size", codebook_size)
         if not commitment_weight >= 0:
             raise ValueError(f"commitment_weight must be >= 0, got {commitment_weight!r}")
         if decay is not None and not 0 < decay < 1:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from fastgen.ops import _checks as checks
 from fastgen.ops._library import (
-    FLOAT_DTYPES,
     OpSpec,
     cpp_backend,
     cuda_backend,
@@ -66,38 +66,26 @@ ADAIN_FROM_STYLE = define(OpSpec(
 
 
 def _check_feature_map(name: str, t: object) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    checks.tensor(name, t)
     if t.dim() != 4:
         raise ValueError(f"{name} must be a 4-D [N, C, H, W] tensor, got shape {tuple(t.shape)}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
+    checks.float_dtype(name, t)
     if t.numel() == 0:
         raise ValueError(f"{name} must have N, C, H, W >= 1, got shape {tuple(t.shape)}")
     return t
 
 
-def _check_same(name: str, t: torch.Tensor, content: torch.Tensor) -> None:
-    if t.dtype != content.dtype:
-        raise TypeError(f"{name} must have the dtype of content ({content.dtype}), got {t.dtype}")
-    if t.device != content.device:
-        raise ValueError(f"{name} must be on the device of content ({content.device}), got {t.device}")
-
-
 def _check_eps(eps: object) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a positive float (it keeps zero-variance planes finite), got {eps!r}")
-    return float(eps)
+    return checks.positive_float("eps", eps, " (it keeps zero-variance planes finite)")
 
 
 def _style_vector(name: str, t: object, content: torch.Tensor) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    checks.tensor(name, t)
     n, c = content.shape[:2]
     if tuple(t.shape) not in ((n, c), (n, c, 1, 1)):
         raise ValueError(f"{name} must have shape [N, C] = [{n}, {c}] (or [N, C, 1, 1]) "
                          f"to match content, got {tuple(t.shape)}")
-    _check_same(name, t, content)
+    checks.like(name, t, "content", content)
     return t.reshape(n, c)
 
 
@@ -127,5 +115,5 @@ def adain_from_style(content: torch.Tensor, style: torch.Tensor, eps: float = 1e
     if style.shape[:2] != content.shape[:2]:
         raise ValueError(f"style must have the N and C of content {tuple(content.shape[:2])}, "
                          f"got {tuple(style.shape[:2])}")
-    _check_same("style", style, content)
+    checks.like("style", style, "content", content)
     return ADAIN_FROM_STYLE.call(content, style, _check_eps(eps), impl=impl)

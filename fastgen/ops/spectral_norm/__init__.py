@@ -5,8 +5,8 @@ import math
 
 import torch
 
+from fastgen.ops import _checks as checks
 from fastgen.ops._library import (
-    FLOAT_DTYPES,
     OpSpec,
     cpp_backend,
     cuda_backend,
@@ -44,33 +44,25 @@ SPECTRAL_NORM_STEP = define(OpSpec(
 
 
 def _check_vector(name: str, t: object, length: int, weight_mat: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    checks.tensor(name, t)
     if tuple(t.shape) != (length,):
         raise ValueError(f"{name} must have shape [{length}] to match weight_mat {tuple(weight_mat.shape)}, "
                          f"got {tuple(t.shape)}")
-    if t.dtype != weight_mat.dtype:
-        raise TypeError(f"{name} must have the dtype of weight_mat ({weight_mat.dtype}), got {t.dtype}")
-    if t.device != weight_mat.device:
-        raise ValueError(f"{name} must be on the device of weight_mat ({weight_mat.device}), got {t.device}")
+    checks.like(name, t, "weight_mat", weight_mat)
 
 
 def check_inputs(weight_mat: object, u: object, v: object, n_power_iterations: object, eps: object) -> None:
     """Shape, dtype, device and argument checks shared by the op and the spectral_norm module."""
-    if not isinstance(weight_mat, torch.Tensor):
-        raise TypeError(f"weight_mat must be a torch.Tensor, got {type(weight_mat).__name__}")
+    checks.tensor("weight_mat", weight_mat)
     if weight_mat.dim() != 2:
         raise ValueError(f"weight_mat must be 2-D [out, in], got shape {tuple(weight_mat.shape)}")
     if weight_mat.numel() == 0:
         raise ValueError(f"weight_mat must not be empty, got shape {tuple(weight_mat.shape)}")
-    if weight_mat.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"weight_mat must be float32, float64, float16 or bfloat16, got {weight_mat.dtype}")
+    checks.float_dtype("weight_mat", weight_mat)
     _check_vector("u", u, weight_mat.shape[0], weight_mat)
     _check_vector("v", v, weight_mat.shape[1], weight_mat)
-    if isinstance(n_power_iterations, bool) or not isinstance(n_power_iterations, int) or n_power_iterations < 1:
-        raise ValueError(f"n_power_iterations must be an int >= 1, got {n_power_iterations!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a positive float, got {eps!r}")
+    checks.positive_int("n_power_iterations", n_power_iterations)
+    checks.positive_float("eps", eps)
 
 
 def spectral_norm_step(weight_mat: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int = 1,

@@ -6,8 +6,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fastgen.ops import _checks as checks
 from fastgen.ops._library import (
-    FLOAT_DTYPES,
     OpSpec,
     cpp_backend,
     cuda_backend,
@@ -54,12 +54,10 @@ METRICS = ("l2", "cosine")
 
 
 def _check_matrix(name: str, t: object, expected: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    checks.tensor(name, t)
     if t.dim() != 2:
         raise ValueError(f"{name} must be 2-D {expected}, got shape {tuple(t.shape)}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
+    checks.float_dtype(name, t)
 
 
 def _check_finite(name: str, t: torch.Tensor) -> None:
@@ -82,10 +80,7 @@ def check_inputs(z: object, codebook: object, metric: object = "l2") -> None:
     if z.shape[1] != codebook.shape[1]:
         raise ValueError(f"z and codebook must have the same dimension D: z is {tuple(z.shape)}, "
                          f"codebook is {tuple(codebook.shape)}")
-    if z.dtype != codebook.dtype:
-        raise TypeError(f"codebook must have the dtype of z ({z.dtype}), got {codebook.dtype}")
-    if z.device != codebook.device:
-        raise ValueError(f"codebook must be on the device of z ({z.device}), got {codebook.device}")
+    checks.like("codebook", codebook, "z", z)
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     _check_finite("z", z)
@@ -123,8 +118,7 @@ def vq_cluster_stats(z: torch.Tensor, indices: torch.Tensor, codebook_size: int,
     if not isinstance(indices, torch.Tensor) or indices.dtype != torch.int64 or indices.shape != z.shape[:1]:
         raise ValueError(f"indices must be an int64 tensor of shape [{z.shape[0]}], got "
                          f"{getattr(indices, 'dtype', type(indices).__name__)} {tuple(getattr(indices, 'shape', ()))}")
-    if isinstance(codebook_size, bool) or not isinstance(codebook_size, int) or codebook_size < 1:
-        raise ValueError(f"codebook_size must be an int >= 1, got {codebook_size!r}")
+    checks.positive_int("codebook_size", codebook_size)
     if indices.numel() and not torch.compiler.is_compiling():
         low, high = int(indices.min()), int(indices.max())
         if low < 0 or high >= codebook_size:
