@@ -35,21 +35,15 @@
 namespace fastgen {
 namespace {
 
-// Squared distance accumulated in double from the difference: exact ties stay ties.
-double exact_sq_dist(const float* z, const float* e, int64_t d) {
+// Squared distance accumulated in double from the difference (float or double inputs): exact ties stay ties.
+template <typename T>
+double exact_sq_dist(const T* z, const T* e, int64_t d) {
   double s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t j = 0; j < d; ++j) {
     const double t = static_cast<double>(z[j]) - static_cast<double>(e[j]);
     s += t * t;
   }
-  return s;
-}
-
-double exact_sq_dist(const double* z, const double* e, int64_t d) {
-  double s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < d; ++j) s += (z[j] - e[j]) * (z[j] - e[j]);
   return s;
 }
 
