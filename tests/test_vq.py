@@ -184,13 +184,14 @@ def test_torch_compile_fullgraph_matches_eager():
 
 @pytest.mark.parametrize("backend", ["ref", *NEAREST_BACKENDS])
 def test_fused_search_never_builds_the_distance_matrix(backend):
-    """N x K float32 here is 2 GiB; the search may use at most 1% of that (the chunked reference too)."""
+    """N x K float32 here is 2 GiB: the fused kernels may use at most 1% of it, the chunked reference
+    (1M-score chunks plus torch temporaries of N x D, ~20 MiB) at most 5%."""
     if backend == "triton":
         pytest.skip("the Triton interpreter is too slow for this size")
     z, codebook = make_inputs(65536, 8192, 8, seed=9)
     # The same call first: lazy initialization (oneDNN primitives for these shapes) out of the way.
     fastgen.ops.vq_nearest(z, codebook, impl=backend)
-    limit = 65536 * 8192 * 4 // 100
+    limit = 65536 * 8192 * 4 // (20 if backend == "ref" else 100)
     used = peak_memory_increase(lambda: fastgen.ops.vq_nearest(z, codebook, impl=backend))
     assert used < limit, f"{used / 2**20:.1f} MiB at peak; the limit is {limit / 2**20:.1f} MiB"
 
