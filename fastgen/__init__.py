@@ -6,7 +6,7 @@ loaded on first use and, when missing or broken, the reference path runs instead
 """
 __version__ = "0.1.0"
 
-from fastgen import nn, ops  # noqa: E402
+from fastgen import metrics, nn, ops  # noqa: E402
 from fastgen._backends import info  # noqa: E402
 
-__all__ = ["__version__", "info", "nn", "ops"]
+__all__ = ["__version__", "info", "metrics", "nn", "ops"]

@@ -5,14 +5,22 @@ symmetric M = L^T B L, and tr((AB)^1/2) = sum sqrt(eig(M)): one Cholesky (n^3/3 
 congruence L^T B L in blocks that skip L's zero triangle (4n^3/3 flops instead of 4n^3), and an
 eigenvalue-only symmetric solve. The general formulas cost far more: scipy's sqrtm a Schur
 decomposition of AB, eigvals(AB) a nonsymmetric Hessenberg QR, and the eigh formula a full
-eigendecomposition of A. When the Cholesky fails (A singular or indefinite: fewer samples than
-dimensions), the eigh-based reference runs and the diagnostics say so.
+eigendecomposition of A.
+
+The square root of an eigenvalue near 0 amplifies its rounding error (about n eps |M|) to
+sqrt(n eps |M|). So when the Cholesky fails (A singular: fewer samples than dimensions) or M is
+numerically singular (B singular), the reference runs instead: a nuclear norm, accurate there.
+The diagnostics say which ran.
 """
 from __future__ import annotations
 
 import torch
 
 from fastgen.ops.fid.reference import diagnostics, symmetrize, trace_sqrt_product_ref
+
+# M counts as numerically singular when its smallest eigenvalue is within this many rounding
+# errors (n eps max|w|) of 0.
+_SINGULAR_MARGIN = 1e3
 
 # Columns per block of the congruence: big enough for BLAS to run near peak, small enough that
 # the work skipped in L's zero upper triangle is most of it.
@@ -43,4 +51,7 @@ def trace_sqrt_product_cholesky(a: torch.Tensor, b: torch.Tensor) -> tuple[torch
     if int(info) != 0:
         return trace_sqrt_product_ref(a, b)
     eigenvalues = torch.linalg.eigvalsh(lower_congruence(lower, symmetrize(b)), UPLO="L")
+    rounding = a.shape[-1] * torch.finfo(a.dtype).eps * float(eigenvalues.abs().max())
+    if float(eigenvalues.min()) <= _SINGULAR_MARGIN * rounding:
+        return trace_sqrt_product_ref(a, b)
     return eigenvalues.clamp_min(0).sqrt().sum(-1), diagnostics(eigenvalues, fallback=False)

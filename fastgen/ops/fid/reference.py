@@ -8,8 +8,8 @@
   |X X - A|_F / |A|_F per matrix.
 * ``sqrtm_backward_ref``: the gradient of both: for X = A^1/2, dA = Y with X^T Y + Y X^T = dX,
   solved in X's eigenbasis.
-* ``trace_sqrt_product_ref``: tr((AB)^1/2) for symmetric PSD A and B through the symmetric form
-  tr((A^1/2 B A^1/2)^1/2) (the same eigenvalues), with eigenvalues below zero from rounding clamped.
+* ``trace_sqrt_product_ref``: tr((AB)^1/2) for symmetric PSD A and B as the nuclear norm of
+  A^1/2 B^1/2, with eigenvalues of A and B below zero from rounding clamped.
 
 All take batches [..., n, n]; half types are rejected by the public functions (LAPACK has none).
 """
@@ -80,13 +80,25 @@ def sqrtm_backward_ref(grad_x: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return y.real.to(x.dtype)
 
 
+def _psd_sqrt_and_eigenvalues(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    w, u = torch.linalg.eigh(symmetrize(a))
+    return (u * w.clamp_min(0).sqrt().unsqueeze(-2)) @ u.mT, w
+
+
 def trace_sqrt_product_ref(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tr((AB)^1/2), diagnostics), diagnostics = [smallest eigenvalue of A^1/2 B A^1/2 before
-    clamping, sum of the eigenvalues below zero that were clamped (as a positive mass), 1.0 as
-    "the general PSD path ran"]."""
-    root_a = sqrtm_eigh_ref(a)
-    eigenvalues = torch.linalg.eigvalsh(symmetrize(root_a @ symmetrize(b) @ root_a))
-    return eigenvalues.clamp_min(0).sqrt().sum(-1), diagnostics(eigenvalues, fallback=True)
+    """(tr((AB)^1/2), diagnostics) as the nuclear norm |A^1/2 B^1/2|_*: AB = A^1/2 (A^1/2 B) is
+    similar to (A^1/2 B^1/2)(A^1/2 B^1/2)^T, so its eigenvalues are the squared singular values of
+    K = A^1/2 B^1/2. Singular values come with an absolute error of about eps |K|, where square roots
+    of eigenvalues amplify the rounding of near-zero ones to sqrt(eps |K|^2): this is the form that
+    stays accurate for singular covariances (fewer samples than dimensions).
+
+    diagnostics = [smallest eigenvalue of A and B, sum of their eigenvalues below zero (rounding)
+    clamped to 0 as a positive mass, 1.0 ("the general PSD path ran")].
+    """
+    root_a, eigenvalues_a = _psd_sqrt_and_eigenvalues(a)
+    root_b, eigenvalues_b = _psd_sqrt_and_eigenvalues(b)
+    trace = torch.linalg.svdvals(root_a @ root_b).sum(-1)
+    return trace, diagnostics(torch.cat([eigenvalues_a, eigenvalues_b], -1), fallback=True)
 
 
 def diagnostics(eigenvalues: torch.Tensor, fallback: bool) -> torch.Tensor:
