@@ -126,12 +126,17 @@ class FeatureStats:
             raise ValueError(f"chunk_rows must be an int >= 1, got {chunk_rows!r}")
         self.dim, self.chunk_rows, self.block = dim, chunk_rows, block
         self.device = torch.device(device)
-        self.count = 0
+        self._folded_count = 0
         self._shift: torch.Tensor | None = None  # float64 [dim]
         self._sum = torch.zeros(dim, dtype=torch.float64, device=self.device)  # sum of (x - shift)
         self._outer = torch.zeros(dim, dim, dtype=torch.float64, device=self.device)  # lower triangle
         self._pending: torch.Tensor | None = None  # the chunk being filled, in the product dtype
         self._pending_rows = 0
+
+    @property
+    def count(self) -> int:
+        """Rows seen so far."""
+        return self._folded_count + self._pending_rows
 
     # -- streaming ---------------------------------------------------------------------------
     def update(self, features: ArrayLike) -> "FeatureStats":
@@ -176,7 +181,7 @@ class FeatureStats:
         for i0 in range(0, self.dim, self.block):  # lower triangle only: [block, i1] panels
             i1 = min(self.dim, i0 + self.block)
             self._outer[i0:i1, :i1] += rows[:, i0:i1].mT @ rows[:, :i1]
-        self.count += self._pending_rows
+        self._folded_count += self._pending_rows
         self._pending_rows = 0
 
     def _flush(self) -> None:
@@ -186,15 +191,16 @@ class FeatureStats:
     # -- canonical form: count, mean, and M2 = sum (x - mean)(x - mean)^T --------------------------
     def _moments(self) -> tuple[int, torch.Tensor, torch.Tensor]:
         self._flush()
-        if self.count == 0:
+        if self._folded_count == 0:
             zero = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
             return 0, zero, torch.zeros(self.dim, self.dim, dtype=torch.float64, device=self.device)
         outer = self._outer.tril() + self._outer.tril(-1).mT
-        mean_offset = self._sum / self.count
-        return self.count, self._shift + mean_offset, outer - self.count * torch.outer(mean_offset, mean_offset)
+        n = self._folded_count
+        mean_offset = self._sum / n
+        return n, self._shift + mean_offset, outer - n * torch.outer(mean_offset, mean_offset)
 
     def _set_moments(self, count: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
-        self.count = count
+        self._folded_count = count
         self._shift = mean if count else None
         self._sum = torch.zeros_like(self._sum)
         self._outer = m2.tril()

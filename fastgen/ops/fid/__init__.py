@@ -16,18 +16,22 @@ from fastgen.ops.fid.reference import (
     trace_sqrt_product_ref,
 )
 
+def _contiguous_like(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+
 _SQRTM_BACKWARD = OpSpec(
     name="sqrtm_backward",
     schema="(Tensor grad_x, Tensor x) -> Tensor",
     reference=sqrtm_backward_ref,
-    fake=lambda grad_x, x: torch.empty_like(x),
+    fake=lambda grad_x, x: _contiguous_like(x),
 )
 
 SQRTM_EIGH = define(OpSpec(
     name="sqrtm_eigh",
     schema="(Tensor a) -> Tensor",
     reference=sqrtm_eigh_ref,
-    fake=lambda a: torch.empty_like(a, memory_format=torch.contiguous_format),
+    fake=_contiguous_like,
     backward_inputs=(),
     backward_outputs=(0,),
     backward=_SQRTM_BACKWARD,
@@ -37,8 +41,7 @@ SQRTM_NEWTON_SCHULZ = define(OpSpec(
     name="sqrtm_newton_schulz",
     schema="(Tensor a, int max_iter, float tol) -> (Tensor, Tensor)",
     reference=sqrtm_newton_schulz_ref,
-    fake=lambda a, max_iter, tol: (torch.empty_like(a, memory_format=torch.contiguous_format),
-                                   a.new_empty(a.shape[:-2])),
+    fake=lambda a, max_iter, tol: (_contiguous_like(a), a.new_empty(a.shape[:-2])),
     backends=(triton_backend("fastgen.ops.fid.triton", "sqrtm_newton_schulz",
                              only_dtypes(torch.float32, torch.float64)),),
     no_grad_outputs=(1,),  # the residual
@@ -48,7 +51,7 @@ SQRTM_NEWTON_SCHULZ = define(OpSpec(
         name="sqrtm_newton_schulz_backward",
         schema="(Tensor grad_x, Tensor x) -> Tensor",
         reference=sqrtm_backward_ref,
-        fake=lambda grad_x, x: torch.empty_like(x),
+        fake=lambda grad_x, x: _contiguous_like(x),
     ),
 ))
 
@@ -72,7 +75,7 @@ TRACE_SQRT_PRODUCT = define(OpSpec(
         name="trace_sqrt_product_backward",
         schema="(Tensor grad, Tensor a, Tensor b) -> (Tensor, Tensor)",
         reference=trace_sqrt_product_backward_ref,
-        fake=lambda grad, a, b: (torch.empty_like(a), torch.empty_like(b)),
+        fake=lambda grad, a, b: (_contiguous_like(a), _contiguous_like(b)),
     ),
 ))
 
@@ -148,7 +151,7 @@ def sqrtm(a: torch.Tensor, method: str = "auto", *, max_iter: int = 100, tol: fl
                                  f"is {low:.6g} (largest magnitude {high:.6g}); its square root is complex")
         return SQRTM_EIGH.call(a, impl=impl)
     x, residual = SQRTM_NEWTON_SCHULZ.call(a, max_iter, tol, impl=impl)
-    if not torch.compiler.is_compiling() and (worst := float(residual.max())) > tol:
+    if not torch.compiler.is_compiling() and not (worst := float(residual.max())) <= tol:  # NaN fails too
         raise RuntimeError(f"sqrtm: Newton-Schulz did not converge in {max_iter} iterations: relative "
                            f"residual |X X - a|_F / |a|_F = {worst:.3g} > tol = {tol:.3g} (a may have "
                            "eigenvalues on or near the negative real axis, or need more iterations)")

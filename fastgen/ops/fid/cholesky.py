@@ -7,10 +7,10 @@ eigenvalue-only symmetric solve. The general formulas cost far more: scipy's sqr
 decomposition of AB, eigvals(AB) a nonsymmetric Hessenberg QR, and the eigh formula a full
 eigendecomposition of A.
 
-The square root of an eigenvalue near 0 amplifies its rounding error (about n eps |M|) to
-sqrt(n eps |M|). So when the Cholesky fails (A singular: fewer samples than dimensions) or M is
-numerically singular (B singular), the reference runs instead: a nuclear norm, accurate there.
-The diagnostics say which ran.
+The square root of an eigenvalue near 0 amplifies its rounding error (about eps |M|) to
+sqrt(eps |M|). A singular B gives M eigenvalues that are pure rounding, some of them negative; so
+when the Cholesky fails (A singular: fewer samples than dimensions) or M has an eigenvalue <= 0,
+the reference runs instead: a nuclear norm, accurate there. The diagnostics say which ran.
 """
 from __future__ import annotations
 
@@ -18,17 +18,14 @@ import torch
 
 from fastgen.ops.fid.reference import diagnostics, symmetrize, trace_sqrt_product_ref
 
-# M counts as numerically singular when its smallest eigenvalue is within this many rounding
-# errors (n eps max|w|) of 0.
-_SINGULAR_MARGIN = 1e3
-
 # Columns per block of the congruence: big enough for BLAS to run near peak, small enough that
 # the work skipped in L's zero upper triangle is most of it.
 _BLOCK = 256
 
 
 def lower_congruence(lower: torch.Tensor, b: torch.Tensor, block: int = _BLOCK) -> torch.Tensor:
-    """The lower triangle of L^T B L for lower-triangular L and symmetric B (upper triangle left 0)."""
+    """L^T B L for lower-triangular L and symmetric B, correct on and below the diagonal (the rest
+    is 0 or, inside diagonal blocks, the symmetric entries: read it with UPLO="L")."""
     n = lower.shape[-1]
     # D = (B L)^T = L^T B; row block j of L^T is zero left of column j.
     d = torch.empty_like(b)
@@ -51,7 +48,6 @@ def trace_sqrt_product_cholesky(a: torch.Tensor, b: torch.Tensor) -> tuple[torch
     if int(info) != 0:
         return trace_sqrt_product_ref(a, b)
     eigenvalues = torch.linalg.eigvalsh(lower_congruence(lower, symmetrize(b)), UPLO="L")
-    rounding = a.shape[-1] * torch.finfo(a.dtype).eps * float(eigenvalues.abs().max())
-    if float(eigenvalues.min()) <= _SINGULAR_MARGIN * rounding:
+    if float(eigenvalues.min()) <= 0:
         return trace_sqrt_product_ref(a, b)
     return eigenvalues.clamp_min(0).sqrt().sum(-1), diagnostics(eigenvalues, fallback=False)

@@ -23,8 +23,9 @@ def symmetrize(a: torch.Tensor) -> torch.Tensor:
 
 
 def sqrtm_eigh_ref(a: torch.Tensor) -> torch.Tensor:
+    """Exactly symmetric (so its backward takes the real eigenbasis)."""
     w, u = torch.linalg.eigh(symmetrize(a))
-    return (u * w.clamp_min(0).sqrt().unsqueeze(-2)) @ u.mT
+    return symmetrize((u * w.clamp_min(0).sqrt().unsqueeze(-2)) @ u.mT)
 
 
 def _identity_like(a: torch.Tensor) -> torch.Tensor:
@@ -77,7 +78,7 @@ def sqrtm_backward_ref(grad_x: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     s, v = torch.linalg.eig(x.mT)
     g = torch.linalg.solve(v, grad_x.to(v.dtype) @ v)
     y = v @ solve(s.unsqueeze(-1) + s.unsqueeze(-2), g) @ torch.linalg.inv(v)
-    return y.real.to(x.dtype)
+    return y.real.contiguous()
 
 
 def _psd_sqrt_and_eigenvalues(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
