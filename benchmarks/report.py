@@ -16,6 +16,9 @@ compile) by this row; ``GFLOP/s`` counts 2 N K D and ``% sgemm`` compares it wit
 matrix-multiply rate measured in the same run; ``peak MiB`` is how far one call raised the peak
 resident memory, and ``% NxK`` that as a share of the N x K float32 distance matrix.
 
+FID: ``rel diff`` is |distance - scipy's| / scipy's (``frechet_distance``), ``rel err`` the
+Frobenius relative error of the covariance against float64 np.cov (``feature_stats``).
+
 Spectral norm, ``sngan_d_step``: ``SN ovh ms`` is the spectral-norm overhead, time(with SN) -
 time(without SN), taken as the median over rounds of (this round - the no-SN step timed just
 before it) when the benchmark recorded those (``baseline_s``); ``ovh (medians)`` is the plain
@@ -94,6 +97,18 @@ SUITES = (
         *(Check(f"N={n} K=8192: peak extra memory <= {{target}} % of the N x K float32 matrix",
                 {"op": "vq_nearest", "shape": [n, 8192, 64]}, "pct_nxk", "<=", 1.0) for n in (16384, 65536)),
     ), best_of=("cdist", "addmm", "compile")),
+    Suite("fid", "FID: Frechet distance d=2048 float64, statistics 50000x2048 float32",
+          ("frechet_distance", "feature_stats"), ("scipy", "eigvals", "eigh", "numpy", "torch"), ("fastgen",), (
+              Check("frechet_distance: speedup vs scipy's sqrtm formula >= {target}", {"op": "frechet_distance"},
+                    "vs_scipy", ">=", 15.0),
+              Check("frechet_distance: speedup vs the eigvals formula >= {target}", {"op": "frechet_distance"},
+                    "vs_eigvals", ">=", 5.0),
+              Check("frechet_distance: relative difference from scipy's value <= {target}",
+                    {"op": "frechet_distance"}, "rel_diff", "<=", 1e-9),
+              Check("feature_stats: speedup vs np.cov >= {target}", {"op": "feature_stats"}, "vs_numpy", ">=", 2.0),
+              Check("feature_stats: relative error vs float64 <= {target}", {"op": "feature_stats"},
+                    "rel_err", "<=", 1e-6),
+          )),
 )
 
 
@@ -184,15 +199,15 @@ def load(path: str) -> Run:
     return run
 
 
-def columns(suite: Suite) -> list[tuple[str, str, int | None]]:
-    """header, row key, decimals (None: text); a table shows only the columns its rows have."""
+def columns(suite: Suite) -> list[tuple[str, str, int | str | None]]:
+    """header, row key, decimals or a format spec (None: text); a table shows only the columns its rows have."""
     return [
         ("provider", "provider", None), ("mean ms", "mean_ms", 3), ("median ms", "median_ms", 3),
         ("iqr %", "iqr_pct", 0), *((f"vs {b}", f"vs_{b}", 2) for b in suite.baselines),
         ("vs best torch", "vs_best_torch", 2), ("GFLOP/s", "gflops", 1), ("% sgemm", "pct_sgemm", 0),
         ("peak MiB", "peak_mib", 1), ("% NxK", "pct_nxk", 2),
         ("GB/s", "gbps", 1), ("% copy bw", "pct_bw", 0), ("x floor", "x_floor", 2), ("compile s", "compile", None),
-        ("SN ovh ms", "ovh_ms", 2), ("ovh (medians)", "ovh_unpaired_ms", 2),
+        ("rel diff", "rel_diff", ".1e"), ("rel err", "rel_err", ".1e"), ("SN ovh ms", "ovh_ms", 2), ("ovh (medians)", "ovh_unpaired_ms", 2),
         (f"ovh / {suite.baselines[0]}", f"ovh_vs_{suite.baselines[0]}", 2),
     ]
 
@@ -202,7 +217,8 @@ def fmt_row(cols: list, values: list) -> str:
     for (header, _, decimals), value in zip(cols, values):
         width = max(len(header), 9 if decimals is not None else 13)
         if isinstance(value, float):
-            cells.append(f"{value:>{width}.{decimals}f}")
+            spec = decimals if isinstance(decimals, str) else f".{decimals}f"
+            cells.append(f"{value:>{width}{spec}}")
         else:
             text = "-" if value is None else str(value)
             cells.append(text.ljust(width) if decimals is None else text.rjust(width))
@@ -256,16 +272,20 @@ def plot(runs: list[Run], path: str) -> None:
     for ax, (run, suite) in zip(axes[:, 0], panels):
         # Same slot and colour for a provider in every panel of a suite, even where it was skipped.
         providers = list(dict.fromkeys(r["provider"] for other in runs for r in other.suite_rows(suite)))
-        width, groups, base = 0.8 / max(len(providers), 1), run.groups(suite), suite.baselines[0]
+        width, groups = 0.8 / max(len(providers), 1), run.groups(suite)
+        # Each group against the first of the suite's baselines that it has.
+        bases = {group: next((b for b in suite.baselines if any(r["provider"] == b for r in rows)), None)
+                 for group, rows in groups.items()}
         for i, provider in enumerate(providers):
-            speedups = [next((r[f"vs_{base}"] for r in rows if r["provider"] == provider), None)
-                        for rows in groups.values()]
+            speedups = [next((r.get(f"vs_{bases[group]}") for r in rows if r["provider"] == provider), None)
+                        for group, rows in groups.items()]
             ax.bar([g + (i - (len(providers) - 1) / 2) * width for g in range(len(groups))],
                    [math.nan if s is None else s for s in speedups], width, label=provider, color=f"C{i}")
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
-        ax.set_ylabel(f"speedup vs {base} (median)")
-        ax.set_xticks(range(len(groups)), list(groups), rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("speedup vs the group's baseline (median)")
+        ax.set_xticks(range(len(groups)), [f"{group}\nvs {bases[group]}" for group in groups],
+                      rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{suite.name}: {run.label} ({run.path})")
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -291,7 +311,7 @@ def main() -> int:
             print(f"\nchecks ({provider}, {suite.title}):")
             results = checks(suite, runs, provider)
             for status, target, value in results:
-                print(f"  {status:<7}  {target}: {'no data' if value is None else f'{value:.2f}'}")
+                print(f"  {status:<7}  {target}: {'no data' if value is None else f'{value:.3g}'}")
             if provider == suite.check_providers[0]:
                 strict_failures += sum(status != "PASS" for status, _, _ in results)
     if args.png:

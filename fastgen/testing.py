@@ -114,3 +114,14 @@ def peak_memory_increase(fn: Callable[[], object]) -> int:
     before = _proc_status_bytes("VmRSS")
     fn()
     return max(0, _proc_status_bytes("VmHWM") - before)
+
+
+def make_features(n: int, d: int, *, seed: int = 0, shift: float = 0.0,
+                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """[n, d] features like Inception pool features: post-ReLU, with a decaying covariance spectrum.
+    The mixing matrix is the same for every seed, so two seeds (or shifts) are two sample sets of
+    related distributions."""
+    mix = torch.randn(d, d, generator=torch.Generator().manual_seed(1234), dtype=torch.float64)
+    mix *= torch.arange(1, d + 1, dtype=torch.float64) ** -0.7
+    gen = torch.Generator().manual_seed(seed)
+    return torch.relu(torch.randn(n, d, generator=gen, dtype=torch.float64) @ mix + shift).to(dtype)

@@ -38,7 +38,9 @@ def _as_float64(name: str, value: ArrayLike, dims: int) -> torch.Tensor:
     t = t.to(torch.float64)
     while t.dim() < dims:  # pytorch-fid's atleast_1d / atleast_2d: scalars are 1-d statistics
         t = t.unsqueeze(0)
-    if not bool(torch.isfinite(t).all()):
+    # A sum propagates NaN and Inf in one pass without a temporary; the elementwise test runs only
+    # when it is not finite (finite values can overflow it).
+    if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or Inf")
     return t
 

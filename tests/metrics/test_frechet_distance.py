@@ -9,14 +9,7 @@ import scipy.linalg
 import torch
 
 from fastgen.metrics import FeatureStats, fid_from_stats, frechet_distance
-
-
-def realistic_features(n, d, seed, shift=0.0):
-    """Post-ReLU features of a random network with a decaying spectrum, like Inception pool features."""
-    gen = torch.Generator().manual_seed(seed)
-    mix = torch.randn(d, d, generator=torch.Generator().manual_seed(1234), dtype=torch.float64)
-    mix *= torch.arange(1, d + 1, dtype=torch.float64) ** -0.7
-    return torch.relu(torch.randn(n, d, generator=gen, dtype=torch.float64) @ mix + shift)
+from fastgen.testing import make_features as realistic_features
 
 
 def stats(x):

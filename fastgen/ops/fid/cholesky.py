@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from fastgen.ops.fid.reference import diagnostics, symmetrize, trace_sqrt_product_ref
+from fastgen.ops.fid.reference import diagnostics, trace_sqrt_product_ref
 
 # Columns per block of the congruence: big enough for BLAS to run near peak, small enough that
 # the work skipped in L's zero upper triangle is most of it.
@@ -41,13 +41,14 @@ def lower_congruence(lower: torch.Tensor, b: torch.Tensor, block: int = _BLOCK) 
 
 
 def trace_sqrt_product_cholesky(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same results as ``trace_sqrt_product_ref``; diagnostics[2] is 1.0 when that reference ran."""
+    """Same results as ``trace_sqrt_product_ref`` for symmetric a and b (of a, only the lower
+    triangle is read); diagnostics[2] is 1.0 when that reference ran."""
     if a.dim() != 2:
         return trace_sqrt_product_ref(a, b)
-    lower, info = torch.linalg.cholesky_ex(symmetrize(a))
+    lower, info = torch.linalg.cholesky_ex(a)
     if int(info) != 0:
         return trace_sqrt_product_ref(a, b)
-    eigenvalues = torch.linalg.eigvalsh(lower_congruence(lower, symmetrize(b)), UPLO="L")
+    eigenvalues = torch.linalg.eigvalsh(lower_congruence(lower, b), UPLO="L")
     if float(eigenvalues.min()) <= 0:
         return trace_sqrt_product_ref(a, b)
     return eigenvalues.clamp_min(0).sqrt().sum(-1), diagnostics(eigenvalues, fallback=False)
