@@ -70,16 +70,20 @@ class DigitsFeatureExtractor(nn.Module):
                                         f"`python -m fastgen.metrics.digits --train --out {path}`")
             self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def _last_conv(self, images: torch.Tensor) -> torch.Tensor:
         x = to_digit_images(images).to(self.fc.weight.dtype)
         x = F.relu(self.conv2(F.relu(self.conv1(x))))
-        x = F.relu(self.conv3(F.max_pool2d(x, 2)))
-        return x.mean((2, 3))
+        return self.conv3(F.max_pool2d(x, 2))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The FID features: the last convolution's spatial mean taken before its ReLU. After the
+        ReLU, 17 of the 64 channels never fire on digits, which would make every covariance singular."""
+        return self._last_conv(images).mean((2, 3))
 
     def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features [N, 64], class logits [N, 10])."""
-        features = self(images)
-        return features, self.fc(features)
+        """(features [N, 64] as ``forward``, class logits [N, 10] from the classifier's own path)."""
+        conv = self._last_conv(images)
+        return conv.mean((2, 3)), self.fc(F.relu(conv).mean((2, 3)))
 
 
 def digits_split() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:

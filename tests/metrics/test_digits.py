@@ -48,7 +48,16 @@ def test_shapes_and_determinism(model: DigitsFeatureExtractor, held_out) -> None
         features, logits = model.features_and_logits(images)
         assert torch.equal(model(images), features)
     assert features.shape == (5, digits.FEATURE_DIM) == (5, 64) and logits.shape == (5, 10)
-    assert_close(logits, features @ model.fc.weight.T + model.fc.bias)
+    pooled_activations = model._last_conv(images).relu().mean((2, 3))
+    assert_close(logits, pooled_activations @ model.fc.weight.T + model.fc.bias)
+
+
+def test_features_are_not_degenerate(model: DigitsFeatureExtractor, held_out) -> None:
+    # Post-ReLU, some channels never fire: those features would be constant and every covariance singular.
+    with torch.no_grad():
+        features = model(held_out[0])
+    assert bool((features.std(0) > 0).all())
+    assert torch.linalg.matrix_rank(torch.cov(features.double().mT)) == features.shape[1]
 
 
 def test_larger_and_rgb_images_give_the_digit_features(model: DigitsFeatureExtractor, held_out) -> None:
