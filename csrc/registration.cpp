@@ -29,6 +29,30 @@ TORCH_LIBRARY(fastgen_C, m) {
   m.def("cpu_cache_info() -> int[]", &fastgen::cpu_cache_info);
   m.def("cpu_cache_clear() -> ()", &fastgen::cpu_cache_clear);
   m.def("cpu_cache_set_limit(int megabytes) -> ()", &fastgen::cpu_cache_set_limit);
+  m.def("symmetric_eigvalsh(Tensor a) -> Tensor");
+
+  // NeRF ray marching (csrc/cpu/ray_marching.cpp): ray-box intersection (t_mins, t_maxs, hits) and
+  // the samples of rays through a multi-level occupancy grid (ray_indices, t_starts, t_ends).
+  m.def("ray_aabb_intersect(Tensor rays_o, Tensor rays_d, Tensor aabbs, float near_plane, float far_plane,"
+        " float miss_value) -> (Tensor, Tensor, Tensor)");
+  m.def("occupancy_grid_march(Tensor rays_o, Tensor rays_d, Tensor t_starts, Tensor t_ends, Tensor binaries,"
+        " float[] roi_aabb, float step_size, float cone_angle, int max_samples) -> (Tensor, Tensor, Tensor)");
+
+  // NeRF hierarchical sampling (csrc/cpu/sample_pdf.cpp): inverse-CDF samples [R, n_samples] of
+  // weights [R, S] over edges bins [R, S + 1]; u = None is linspace(0, 1, n_samples).
+  m.def("sample_pdf(Tensor bins, Tensor weights, Tensor? u, int n_samples) -> Tensor");
+
+  // NeRF volume rendering (csrc/cpu/volume_rendering.cpp), packed rays: per-sample (weights, trans,
+  // alphas) from densities; and fused compositing with early ray termination, (colors [R, C],
+  // opacities [R, 1], depths [R, 1]); each with its backward.
+  m.def("volume_render_weights(Tensor sigmas, Tensor t_starts, Tensor t_ends, Tensor packed_info)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("volume_render_weights_backward(Tensor grad_weights, Tensor grad_trans, Tensor grad_alphas,"
+        " Tensor t_starts, Tensor t_ends, Tensor packed_info, Tensor weights, Tensor trans, Tensor alphas) -> Tensor");
+  m.def("volume_render(Tensor sigmas, Tensor rgbs, Tensor t_starts, Tensor t_ends, Tensor packed_info,"
+        " float early_stop_eps) -> (Tensor, Tensor, Tensor)");
+  m.def("volume_render_backward(Tensor grad_colors, Tensor grad_opacities, Tensor grad_depths, Tensor sigmas,"
+        " Tensor rgbs, Tensor t_starts, Tensor t_ends, Tensor packed_info, float early_stop_eps) -> (Tensor, Tensor)");
 }
 
 extern "C" PyObject* PyInit__C(void) {

@@ -268,3 +268,305 @@ TORCH_LIBRARY_IMPL(fastgen_C, CUDA, m) {
   m.impl("spectral_norm_step", TORCH_FN(spectral_norm_step));
   m.impl("vq_nearest_l2", TORCH_FN(vq_nearest_l2));
 }
+
+// NeRF ray marching (csrc/cuda/ray_marching.cu): ray-box intersection and occupancy-grid marching,
+// count-then-fill as the CPU kernel (csrc/cpu/ray_marching.cpp).
+#include "ray_marching.cuh"
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ray_aabb_intersect_cuda_op(const at::Tensor& rays_o,
+                                                                          const at::Tensor& rays_d,
+                                                                          const at::Tensor& aabbs, double near_plane,
+                                                                          double far_plane, double miss_value) {
+  TORCH_CHECK(rays_o.is_cuda() && rays_d.device() == rays_o.device() && aabbs.device() == rays_o.device(),
+              "ray_aabb_intersect: rays_o, rays_d and aabbs must be on one CUDA device");
+  TORCH_CHECK(rays_o.dim() == 2 && rays_o.size(1) == 3 && rays_d.sizes() == rays_o.sizes(),
+              "ray_aabb_intersect: rays_o and rays_d must be [n, 3], got ", rays_o.sizes(), " and ", rays_d.sizes());
+  TORCH_CHECK(aabbs.dim() == 2 && aabbs.size(1) == 6, "ray_aabb_intersect: aabbs must be [m, 6], got ",
+              aabbs.sizes());
+  TORCH_CHECK((rays_o.scalar_type() == at::kFloat || rays_o.scalar_type() == at::kDouble) &&
+                  rays_d.scalar_type() == rays_o.scalar_type() && aabbs.scalar_type() == rays_o.scalar_type(),
+              "ray_aabb_intersect: rays_o, rays_d and aabbs must all be float32 or all float64");
+  const c10::cuda::CUDAGuard guard(rays_o.device());
+  const at::Tensor o = rays_o.contiguous(), d = rays_d.contiguous(), boxes = aabbs.contiguous();
+  const int64_t n = o.size(0), m = boxes.size(0);
+  at::Tensor t_mins = at::empty({n, m}, o.options());
+  at::Tensor t_maxs = at::empty({n, m}, o.options());
+  at::Tensor hits = at::empty({n, m}, o.options().dtype(at::kBool));
+  AT_DISPATCH_FLOATING_TYPES(o.scalar_type(), "ray_aabb_intersect", [&] {
+    const cudaError_t err = fastgen::ray_aabb_intersect_cuda<scalar_t>(
+        o.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(), boxes.data_ptr<scalar_t>(), n, m,
+        static_cast<scalar_t>(near_plane), static_cast<scalar_t>(far_plane), static_cast<scalar_t>(miss_value),
+        t_mins.data_ptr<scalar_t>(), t_maxs.data_ptr<scalar_t>(), hits.data_ptr<bool>(),
+        at::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(err == cudaSuccess, "ray_aabb_intersect: CUDA kernel launch failed: ", cudaGetErrorString(err));
+  });
+  return {t_mins, t_maxs, hits};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> occupancy_grid_march_cuda_op(
+    const at::Tensor& rays_o, const at::Tensor& rays_d, const at::Tensor& t_starts, const at::Tensor& t_ends,
+    const at::Tensor& binaries, at::ArrayRef<double> roi_aabb, double step_size, double cone_angle,
+    int64_t max_samples) {
+  TORCH_CHECK(rays_o.is_cuda() && rays_d.device() == rays_o.device() && t_starts.device() == rays_o.device() &&
+                  t_ends.device() == rays_o.device() && binaries.device() == rays_o.device(),
+              "occupancy_grid_march: all tensors must be on one CUDA device");
+  TORCH_CHECK(rays_o.dim() == 2 && rays_o.size(1) == 3 && rays_d.sizes() == rays_o.sizes(),
+              "occupancy_grid_march: rays_o and rays_d must be [n, 3], got ", rays_o.sizes(), " and ",
+              rays_d.sizes());
+  const int64_t n = rays_o.size(0);
+  TORCH_CHECK(t_starts.dim() == 1 && t_starts.size(0) == n && t_ends.sizes() == t_starts.sizes(),
+              "occupancy_grid_march: t_starts and t_ends must be [", n, "]");
+  TORCH_CHECK(binaries.dim() == 4 && binaries.scalar_type() == at::kBool && binaries.size(0) >= 1,
+              "occupancy_grid_march: binaries must be bool [levels, rx, ry, rz], got ", binaries.sizes());
+  TORCH_CHECK(roi_aabb.size() == 6, "occupancy_grid_march: roi_aabb must have 6 values");
+  TORCH_CHECK(step_size > 0 && cone_angle >= 0, "occupancy_grid_march: step_size must be > 0 and cone_angle >= 0");
+  TORCH_CHECK(rays_o.scalar_type() == rays_d.scalar_type() &&
+                  (rays_o.scalar_type() == at::kFloat || rays_o.scalar_type() == at::kDouble),
+              "occupancy_grid_march: rays_o and rays_d must both be float32 or float64");
+  const c10::cuda::CUDAGuard guard(rays_o.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
+  const at::Tensor bins = binaries.contiguous();
+  constexpr int64_t B = fastgen::kOccupancyBlock;
+  int64_t blocks[3], pad[6];
+  for (int a = 0; a < 3; ++a) {
+    blocks[a] = (bins.size(a + 1) + B - 1) / B;
+    pad[4 - 2 * a] = 0;  // constant_pad_nd pads the last dim first
+    pad[5 - 2 * a] = blocks[a] * B - bins.size(a + 1);
+  }
+  const at::Tensor block_occupied =
+      at::constant_pad_nd(bins.to(at::kByte), pad)
+          .view({bins.size(0), blocks[0], B, blocks[1], B, blocks[2], B})
+          .amax({2, 4, 6})
+          .contiguous();
+  fastgen::OccupancyGridView grid{bins.data_ptr<bool>(),
+                                  block_occupied.data_ptr<uint8_t>(),
+                                  bins.size(0),
+                                  {bins.size(1), bins.size(2), bins.size(3)},
+                                  {blocks[0], blocks[1], blocks[2]},
+                                  {roi_aabb[0], roi_aabb[1], roi_aabb[2], roi_aabb[3], roi_aabb[4], roi_aabb[5]}};
+  const at::Tensor o = rays_o.to(at::kDouble).contiguous(), d = rays_d.to(at::kDouble).contiguous();
+  const at::Tensor t0 = t_starts.to(at::kDouble).contiguous(), t1 = t_ends.to(at::kDouble).contiguous();
+  at::Tensor counts = at::zeros({n}, o.options().dtype(at::kLong));
+  cudaError_t err = fastgen::occupancy_grid_march_count_cuda(grid, o.data_ptr<double>(), d.data_ptr<double>(),
+                                                             t0.data_ptr<double>(), t1.data_ptr<double>(), n,
+                                                             step_size, cone_angle, counts.data_ptr<int64_t>(), stream);
+  TORCH_CHECK(err == cudaSuccess, "occupancy_grid_march: CUDA kernel launch failed: ", cudaGetErrorString(err));
+  const at::Tensor ends_at = at::cumsum(counts, 0);
+  const int64_t total = n ? ends_at[n - 1].item<int64_t>() : 0;  // the one host sync: the output size
+  TORCH_CHECK(total <= max_samples, "occupancy_grid_march: the rays take ", total, " samples, more than max_samples=",
+              max_samples, "; raise render_step_size, march fewer rays at a time, or raise max_samples");
+  const at::Tensor offsets = ends_at - counts;
+  at::Tensor ray_indices = at::empty({total}, o.options().dtype(at::kLong));
+  at::Tensor starts = at::empty({total}, rays_o.options());
+  at::Tensor ends = at::empty({total}, rays_o.options());
+  if (total == 0) return {ray_indices, starts, ends};
+  AT_DISPATCH_FLOATING_TYPES(rays_o.scalar_type(), "occupancy_grid_march", [&] {
+    err = fastgen::occupancy_grid_march_fill_cuda<scalar_t>(
+        grid, o.data_ptr<double>(), d.data_ptr<double>(), t0.data_ptr<double>(), t1.data_ptr<double>(), n, step_size,
+        cone_angle, offsets.data_ptr<int64_t>(), ray_indices.data_ptr<int64_t>(), starts.data_ptr<scalar_t>(),
+        ends.data_ptr<scalar_t>(), stream);
+    TORCH_CHECK(err == cudaSuccess, "occupancy_grid_march: CUDA kernel launch failed: ", cudaGetErrorString(err));
+  });
+  return {ray_indices, starts, ends};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgen_C, CUDA, m) {
+  m.impl("ray_aabb_intersect", TORCH_FN(ray_aabb_intersect_cuda_op));
+  m.impl("occupancy_grid_march", TORCH_FN(occupancy_grid_march_cuda_op));
+}
+
+// ---- NeRF hierarchical sampling (sample_pdf.cu): checks, the output and the CDF workspace, then the launcher ----
+
+#include <optional>
+
+#include "sample_pdf.cuh"
+
+namespace {
+
+at::Tensor sample_pdf_cuda_op(const at::Tensor& bins, const at::Tensor& weights, const std::optional<at::Tensor>& u,
+                              int64_t n_samples) {
+  TORCH_CHECK(weights.is_cuda() && bins.is_cuda() && bins.device() == weights.device(),
+              "sample_pdf: the CUDA kernel needs bins and weights on one CUDA device, got ", bins.device(), " and ",
+              weights.device());
+  TORCH_CHECK(weights.dim() == 2 && weights.size(1) >= 1, "sample_pdf: weights must be [R, S] with S >= 1, got ",
+              weights.sizes());
+  const int64_t rays = weights.size(0), s = weights.size(1);
+  TORCH_CHECK(bins.dim() == 2 && bins.size(0) == rays && bins.size(1) == s + 1,
+              "sample_pdf: bins must be [R, S + 1] = [", rays, ", ", s + 1, "], got ", bins.sizes());
+  TORCH_CHECK(weights.scalar_type() == at::kFloat || weights.scalar_type() == at::kDouble,
+              "sample_pdf: the CUDA kernel takes float32 or float64, got ", weights.scalar_type());
+  TORCH_CHECK(bins.scalar_type() == weights.scalar_type(), "sample_pdf: bins must have weights' dtype (",
+              weights.scalar_type(), "), got ", bins.scalar_type());
+  TORCH_CHECK(n_samples >= 1, "sample_pdf: n_samples must be >= 1, got ", n_samples);
+  const c10::cuda::CUDAGuard guard(weights.device());
+  at::Tensor u_rows;
+  if (u.has_value()) {
+    TORCH_CHECK(u->device() == weights.device() && u->scalar_type() == weights.scalar_type() && u->dim() == 2 &&
+                    u->size(0) == rays && u->size(1) == n_samples,
+                "sample_pdf: u must be [R, n_samples] = [", rays, ", ", n_samples, "] on weights' device and dtype, got ",
+                u->sizes(), " ", u->scalar_type(), " on ", u->device());
+    u_rows = u->contiguous();
+  } else {
+    u_rows = at::linspace(0.0, 1.0, n_samples, weights.options());  // one row, shared: stride 0
+  }
+  const at::Tensor b = bins.contiguous(), w = weights.contiguous();
+  at::Tensor out = at::empty({rays, n_samples}, w.options());
+  at::Tensor cdf = at::empty({rays, s + 1}, w.options());
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "sample_pdf", [&] {
+    const cudaError_t err = fastgen::sample_pdf_cuda<scalar_t>(
+        b.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), u_rows.data_ptr<scalar_t>(), u.has_value() ? n_samples : 0,
+        rays, s, n_samples, cdf.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), at::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(err == cudaSuccess, "sample_pdf: CUDA kernel launch failed: ", cudaGetErrorString(err));
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgen_C, CUDA, m) { m.impl("sample_pdf", TORCH_FN(sample_pdf_cuda_op)); }
+
+// ---- NeRF volume rendering (volume_rendering.cu): packed rays, schemas in csrc/registration.cpp ----
+#include "volume_rendering.cuh"
+
+namespace {
+
+void check_volume_render_tensor(const char* op, const at::Tensor& t, const char* name, const at::Tensor& like,
+                                at::IntArrayRef shape) {
+  TORCH_CHECK(t.device() == like.device() && t.scalar_type() == like.scalar_type() && t.sizes() == shape, op, ": ",
+              name, " must be ", like.scalar_type(), " ", shape, " on ", like.device(), ", got ", t.scalar_type(), " ",
+              t.sizes(), " on ", t.device());
+}
+
+// sigmas [N] (CUDA, float32 or float64), t_starts / t_ends like it, packed_info int64 [R, 2] on its
+// device. That the rows tile [0, N) in order is checked by the Python layer (here it would sync).
+void check_volume_render_samples(const char* op, const at::Tensor& sigmas, const at::Tensor& t_starts,
+                                 const at::Tensor& t_ends, const at::Tensor& packed_info) {
+  TORCH_CHECK(sigmas.is_cuda(), op, ": the CUDA kernels need CUDA tensors, got ", sigmas.device());
+  TORCH_CHECK(sigmas.scalar_type() == at::kFloat || sigmas.scalar_type() == at::kDouble, op,
+              ": the CUDA kernels take float32 or float64, got ", sigmas.scalar_type());
+  TORCH_CHECK(sigmas.dim() == 1, op, ": sigmas must be 1-D [N], got ", sigmas.sizes());
+  check_volume_render_tensor(op, t_starts, "t_starts", sigmas, sigmas.sizes());
+  check_volume_render_tensor(op, t_ends, "t_ends", sigmas, sigmas.sizes());
+  TORCH_CHECK(packed_info.device() == sigmas.device() && packed_info.scalar_type() == at::kLong &&
+                  packed_info.dim() == 2 && packed_info.size(1) == 2,
+              op, ": packed_info must be int64 [R, 2] on ", sigmas.device(), ", got ", packed_info.scalar_type(), " ",
+              packed_info.sizes(), " on ", packed_info.device());
+}
+
+void check_volume_render_launch(const char* op, cudaError_t err) {
+  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> volume_render_weights_cuda_op(const at::Tensor& sigmas,
+                                                                             const at::Tensor& t_starts,
+                                                                             const at::Tensor& t_ends,
+                                                                             const at::Tensor& packed_info) {
+  check_volume_render_samples("volume_render_weights", sigmas, t_starts, t_ends, packed_info);
+  const c10::cuda::CUDAGuard guard(sigmas.device());
+  const at::Tensor s = sigmas.contiguous(), t0 = t_starts.contiguous(), t1 = t_ends.contiguous();
+  const at::Tensor info = packed_info.contiguous();
+  at::Tensor weights = at::empty_like(s), trans = at::empty_like(s), alphas = at::empty_like(s);
+  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "volume_render_weights", [&] {
+    check_volume_render_launch("volume_render_weights", fastgen::volume_render_weights_cuda<scalar_t>(
+        s.data_ptr<scalar_t>(), t0.data_ptr<scalar_t>(), t1.data_ptr<scalar_t>(), info.data_ptr<int64_t>(),
+        info.size(0), weights.data_ptr<scalar_t>(), trans.data_ptr<scalar_t>(), alphas.data_ptr<scalar_t>(),
+        at::cuda::getCurrentCUDAStream().stream()));
+  });
+  return {weights, trans, alphas};
+}
+
+at::Tensor volume_render_weights_backward_cuda_op(const at::Tensor& grad_weights, const at::Tensor& grad_trans,
+                                                  const at::Tensor& grad_alphas, const at::Tensor& t_starts,
+                                                  const at::Tensor& t_ends, const at::Tensor& packed_info,
+                                                  const at::Tensor& weights, const at::Tensor& trans,
+                                                  const at::Tensor& alphas) {
+  constexpr const char* op = "volume_render_weights_backward";
+  check_volume_render_samples(op, weights, t_starts, t_ends, packed_info);
+  check_volume_render_tensor(op, grad_weights, "grad_weights", weights, weights.sizes());
+  check_volume_render_tensor(op, grad_trans, "grad_trans", weights, weights.sizes());
+  check_volume_render_tensor(op, grad_alphas, "grad_alphas", weights, weights.sizes());
+  check_volume_render_tensor(op, trans, "trans", weights, weights.sizes());
+  check_volume_render_tensor(op, alphas, "alphas", weights, weights.sizes());
+  const c10::cuda::CUDAGuard guard(weights.device());
+  const at::Tensor gw = grad_weights.contiguous(), gt = grad_trans.contiguous(), ga = grad_alphas.contiguous();
+  const at::Tensor t0 = t_starts.contiguous(), t1 = t_ends.contiguous(), info = packed_info.contiguous();
+  const at::Tensor w = weights.contiguous(), tr = trans.contiguous(), al = alphas.contiguous();
+  at::Tensor grad_sigmas = at::empty_like(w);
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), op, [&] {
+    check_volume_render_launch(op, fastgen::volume_render_weights_backward_cuda<scalar_t>(
+        gw.data_ptr<scalar_t>(), gt.data_ptr<scalar_t>(), ga.data_ptr<scalar_t>(), t0.data_ptr<scalar_t>(),
+        t1.data_ptr<scalar_t>(), info.data_ptr<int64_t>(), info.size(0), w.data_ptr<scalar_t>(),
+        tr.data_ptr<scalar_t>(), al.data_ptr<scalar_t>(), grad_sigmas.data_ptr<scalar_t>(),
+        at::cuda::getCurrentCUDAStream().stream()));
+  });
+  return grad_sigmas;
+}
+
+void check_volume_render_rgbs(const char* op, const at::Tensor& rgbs, const at::Tensor& sigmas,
+                              double early_stop_eps) {
+  TORCH_CHECK(rgbs.dim() == 2 && rgbs.size(1) >= 1, op, ": rgbs must be [N, C] with C >= 1, got ", rgbs.sizes());
+  check_volume_render_tensor(op, rgbs, "rgbs", sigmas, {sigmas.size(0), rgbs.size(1)});
+  TORCH_CHECK(early_stop_eps >= 0, op, ": early_stop_eps must be >= 0, got ", early_stop_eps);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> volume_render_cuda_op(const at::Tensor& sigmas, const at::Tensor& rgbs,
+                                                                     const at::Tensor& t_starts,
+                                                                     const at::Tensor& t_ends,
+                                                                     const at::Tensor& packed_info,
+                                                                     double early_stop_eps) {
+  check_volume_render_samples("volume_render", sigmas, t_starts, t_ends, packed_info);
+  check_volume_render_rgbs("volume_render", rgbs, sigmas, early_stop_eps);
+  const c10::cuda::CUDAGuard guard(sigmas.device());
+  const at::Tensor s = sigmas.contiguous(), c = rgbs.contiguous(), t0 = t_starts.contiguous();
+  const at::Tensor t1 = t_ends.contiguous(), info = packed_info.contiguous();
+  const int64_t n_rays = info.size(0), channels = c.size(1);
+  at::Tensor colors = at::empty({n_rays, channels}, s.options());
+  at::Tensor opacities = at::empty({n_rays, 1}, s.options()), depths = at::empty({n_rays, 1}, s.options());
+  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "volume_render", [&] {
+    check_volume_render_launch("volume_render", fastgen::volume_render_cuda<scalar_t>(
+        s.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), t0.data_ptr<scalar_t>(), t1.data_ptr<scalar_t>(),
+        info.data_ptr<int64_t>(), n_rays, channels, static_cast<scalar_t>(early_stop_eps),
+        colors.data_ptr<scalar_t>(), opacities.data_ptr<scalar_t>(), depths.data_ptr<scalar_t>(),
+        at::cuda::getCurrentCUDAStream().stream()));
+  });
+  return {colors, opacities, depths};
+}
+
+std::tuple<at::Tensor, at::Tensor> volume_render_backward_cuda_op(
+    const at::Tensor& grad_colors, const at::Tensor& grad_opacities, const at::Tensor& grad_depths,
+    const at::Tensor& sigmas, const at::Tensor& rgbs, const at::Tensor& t_starts, const at::Tensor& t_ends,
+    const at::Tensor& packed_info, double early_stop_eps) {
+  constexpr const char* op = "volume_render_backward";
+  check_volume_render_samples(op, sigmas, t_starts, t_ends, packed_info);
+  check_volume_render_rgbs(op, rgbs, sigmas, early_stop_eps);
+  const int64_t n_rays = packed_info.size(0), channels = rgbs.size(1);
+  check_volume_render_tensor(op, grad_colors, "grad_colors", sigmas, {n_rays, channels});
+  check_volume_render_tensor(op, grad_opacities, "grad_opacities", sigmas, {n_rays, 1});
+  check_volume_render_tensor(op, grad_depths, "grad_depths", sigmas, {n_rays, 1});
+  const c10::cuda::CUDAGuard guard(sigmas.device());
+  const at::Tensor gc = grad_colors.contiguous(), go = grad_opacities.contiguous(), gd = grad_depths.contiguous();
+  const at::Tensor s = sigmas.contiguous(), c = rgbs.contiguous(), t0 = t_starts.contiguous();
+  const at::Tensor t1 = t_ends.contiguous(), info = packed_info.contiguous();
+  at::Tensor grad_sigmas = at::empty_like(s), grad_rgbs = at::empty_like(c);
+  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), op, [&] {
+    check_volume_render_launch(op, fastgen::volume_render_backward_cuda<scalar_t>(
+        gc.data_ptr<scalar_t>(), go.data_ptr<scalar_t>(), gd.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(),
+        c.data_ptr<scalar_t>(), t0.data_ptr<scalar_t>(), t1.data_ptr<scalar_t>(), info.data_ptr<int64_t>(), n_rays,
+        channels, static_cast<scalar_t>(early_stop_eps), grad_sigmas.data_ptr<scalar_t>(),
+        grad_rgbs.data_ptr<scalar_t>(), at::cuda::getCurrentCUDAStream().stream()));
+  });
+  return {grad_sigmas, grad_rgbs};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgen_C, CUDA, m) {
+  m.impl("volume_render_weights", TORCH_FN(volume_render_weights_cuda_op));
+  m.impl("volume_render_weights_backward", TORCH_FN(volume_render_weights_backward_cuda_op));
+  m.impl("volume_render", TORCH_FN(volume_render_cuda_op));
+  m.impl("volume_render_backward", TORCH_FN(volume_render_backward_cuda_op));
+}
