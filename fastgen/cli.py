@@ -309,9 +309,16 @@ def main(argv: list[str] | None = None) -> int:
                          metavar="N", help="threads decoding images, 0 for none (default: %(default)s)")
     fid_cmd.add_argument("--save-stats", action="store_true",
                          help="write the statistics of the image folder PATH1 to PATH2 (.npz) instead of an FID")
+    train_cmd = commands.add_parser("train", help="train a reference model on data that needs no download")
+    models = train_cmd.add_subparsers(dest="model", required=True, metavar="MODEL")
+    from fastgen.models import nerf  # the models import only torch; kept out of `fastgen info`'s path
+
+    nerf.add_arguments(models.add_parser("nerf", help="NeRF on the procedural scene (fastgen.data.scenes)"))
     args = parser.parse_args(argv)
     if args.command == "info":
         return _print_info(args.json)
     if args.command == "fid":
         return _fid(args)
+    if args.command == "train":
+        return nerf.run(args)
     return 2
