@@ -29,7 +29,6 @@ TORCH_LIBRARY(fastgen_C, m) {
   m.def("cpu_cache_info() -> int[]", &fastgen::cpu_cache_info);
   m.def("cpu_cache_clear() -> ()", &fastgen::cpu_cache_clear);
   m.def("cpu_cache_set_limit(int megabytes) -> ()", &fastgen::cpu_cache_set_limit);
-  m.def("symmetric_eigvalsh(Tensor a) -> Tensor");
 
   // NeRF ray marching (csrc/cpu/ray_marching.cpp): ray-box intersection (t_mins, t_maxs, hits) and
   // the samples of rays through a multi-level occupancy grid (ray_indices, t_starts, t_ends).

@@ -3,8 +3,7 @@
 For A = L L^T (positive definite), AB = L (L^T B L) L^-1, so AB has the eigenvalues of the
 symmetric M = L^T B L, and tr((AB)^1/2) = sum sqrt(eig(M)): one Cholesky (n^3/3 flops), the
 congruence L^T B L in blocks that skip L's zero triangle (4n^3/3 flops instead of 4n^3), and an
-eigenvalue-only symmetric solve (a two-stage reduction in C++: mostly matrix products, where
-LAPACK's one-stage reduction streams the trailing matrix from memory once per column). The general formulas cost far more: scipy's sqrtm a Schur
+eigenvalue-only symmetric solve. The general formulas cost far more: scipy's sqrtm a Schur
 decomposition of AB, eigvals(AB) a nonsymmetric Hessenberg QR, and the eigh formula a full
 eigendecomposition of A.
 
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import torch
 
-from fastgen import _backends
 from fastgen.ops.fid.reference import diagnostics, trace_sqrt_product_ref
 
 # Columns per block of the congruence: big enough for BLAS to run near peak, small enough that
@@ -42,14 +40,6 @@ def lower_congruence(lower: torch.Tensor, b: torch.Tensor, block: int = _BLOCK) 
     return m
 
 
-def eigvalsh_lower(m: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues of the symmetric m from its lower triangle: fastgen's two-stage reduction
-    (csrc/cpu/symmetric_eigvals.cpp, ~1.3x LAPACK's one-stage dsyevd at n = 2048) when built."""
-    if m.device.type == "cpu" and _backends.has_cext():
-        return torch.ops.fastgen_C.symmetric_eigvalsh(m)
-    return torch.linalg.eigvalsh(m, UPLO="L")
-
-
 def trace_sqrt_product_cholesky(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Same results as ``trace_sqrt_product_ref`` for symmetric a and b (of a, only the lower
     triangle is read); diagnostics[2] is 1.0 when that reference ran."""
@@ -58,7 +48,7 @@ def trace_sqrt_product_cholesky(a: torch.Tensor, b: torch.Tensor) -> tuple[torch
     lower, info = torch.linalg.cholesky_ex(a)
     if int(info) != 0:
         return trace_sqrt_product_ref(a, b)
-    eigenvalues = eigvalsh_lower(lower_congruence(lower, b))
+    eigenvalues = torch.linalg.eigvalsh(lower_congruence(lower, b), UPLO="L")
     if float(eigenvalues.min()) <= 0:
         return trace_sqrt_product_ref(a, b)
     return eigenvalues.clamp_min(0).sqrt().sum(-1), diagnostics(eigenvalues, fallback=False)
