@@ -9,7 +9,7 @@ S + 1 = 63 edges of S = 62 intervals (nerf-pytorch passes ``weights[..., 1:-1]``
 weights), 128 fine samples per ray, deterministic (``det=True``: linspace u) and random u. Providers:
     fastgen   ``fastgen.ops.nerf.pdf.sample_pdf``: argument checks, u drawn with torch.rand when random,
               then the kernel (C++ on CPU)
-    eager     nerf-pytorch's ``sample_pdf`` as it writes it (``reference_pdf.sample_pdf_nerf_pytorch``)
+    eager     nerf-pytorch's ``sample_pdf`` as it writes it (``reference.sample_pdf_nerf_pytorch``)
     compile   ``torch.compile`` of that function (compiled before timing; ``compile_s`` in extra_info)
 Every provider draws its own random u (torch.rand of [R, 128]), so that cost is in all of them.
 """
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from fastgen.ops.nerf.pdf import sample_pdf
-from fastgen.ops.nerf.reference_pdf import sample_pdf_nerf_pytorch
+from fastgen.ops.nerf.reference import sample_pdf_nerf_pytorch
 from fastgen.testing import benchmark_after_warm_up
 
 SUITE = "nerf"

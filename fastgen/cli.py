@@ -11,6 +11,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from fastgen.models import nerf
+
 FID_DESCRIPTION = """\
 Fréchet Inception Distance between PATH1 and PATH2, each a folder of images (.png, .jpg, .jpeg
 directly in it, read in name order) or an .npz of statistics (mu, sigma; pytorch-fid's format).
@@ -311,8 +313,6 @@ def main(argv: list[str] | None = None) -> int:
                          help="write the statistics of the image folder PATH1 to PATH2 (.npz) instead of an FID")
     train_cmd = commands.add_parser("train", help="train a reference model on data that needs no download")
     models = train_cmd.add_subparsers(dest="model", required=True, metavar="MODEL")
-    from fastgen.models import nerf  # the models import only torch; kept out of `fastgen info`'s path
-
     nerf.add_arguments(models.add_parser("nerf", help="NeRF on the procedural scene (fastgen.data.scenes)"))
     args = parser.parse_args(argv)
     if args.command == "info":

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from fastgen.nerf.occupancy import OccupancyGrid
 from fastgen.nerf.rays import pinhole_rays, ray_aabb_intersect
 from fastgen.ops.nerf.marching import OCCUPANCY_GRID_MARCH, RAY_AABB_INTERSECT, occupancy_grid_march
-from fastgen.ops.nerf.reference_marching import level_boxes, occupied_at
+from fastgen.ops.nerf.reference import level_boxes, occupied_at
 from fastgen.testing import backends_for
 
 INTERSECT_BACKENDS = [b for b in backends_for(RAY_AABB_INTERSECT) if b != "ref"]

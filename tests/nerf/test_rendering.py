@@ -14,7 +14,7 @@ from fastgen.nerf.rendering import (
     render_weight_from_density,
     rendering,
 )
-from fastgen.ops.nerf.reference_rendering import (
+from fastgen.ops.nerf.reference import (
     volume_render_backward_ref,
     volume_render_ref,
     volume_render_weights_backward_ref,

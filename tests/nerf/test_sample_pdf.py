@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fastgen.ops.nerf.pdf import SAMPLE_PDF, sample_pdf
-from fastgen.ops.nerf.reference_pdf import pdf_cdf_ref, sample_pdf_nerf_pytorch, sample_pdf_ref
+from fastgen.ops.nerf.reference import pdf_cdf_ref, sample_pdf_nerf_pytorch, sample_pdf_ref
 from fastgen.testing import assert_close, backends_for
 
 BACKENDS = [pytest.param(b, marks=[pytest.mark.triton] if b == "triton" else [], id=b)

@@ -179,8 +179,9 @@ def sqrtm(a: torch.Tensor, method: str = "auto", *, max_iter: int = 100, tol: fl
     if method == "auto":
         method = "eigh" if torch.compiler.is_compiling() or asymmetry(a) <= symmetry_tolerance(a.dtype) \
             else "newton_schulz"
-    if method == "eigh":
+    elif method == "eigh":
         _check_symmetric("a", a)
+    if method == "eigh":
         if not torch.compiler.is_compiling():
             w = torch.linalg.eigvalsh(a.detach())
             low, high = float(w.min()), float(w.abs().max())

@@ -9,7 +9,7 @@ import torch
 
 from fastgen.ops import _checks as checks
 from fastgen.ops._library import OpSpec, cpp_backend, cuda_backend, define, only_dtypes
-from fastgen.ops.nerf.reference_marching import occupancy_grid_march_ref, ray_aabb_intersect_ref
+from fastgen.ops.nerf.reference import occupancy_grid_march_ref, ray_aabb_intersect_ref
 
 # The marcher's output is sized by a first counting pass; past this many samples in one call it
 # raises instead of allocating (2^27 samples take 2 GiB as int64 + 2 x float32).
@@ -140,7 +140,7 @@ def occupancy_grid_march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_starts: t
 
     Ray i steps from ``t_starts[i]`` by step_size (or by t * cone_angle where larger, at most 1e10),
     and [t_k, t_k+1] is a sample while t_k+1 <= t_ends[i] and its midpoint lies in an occupied cell
-    (see :func:`fastgen.ops.nerf.reference_marching.occupancy_grid_march_ref`, the spec). Rays
+    (see :func:`fastgen.ops.nerf.reference.occupancy_grid_march_ref`, the spec). Rays
     whose interval is empty or non-finite take none. Directions are used as given (t is in units of
     |d|); a zero direction raises ValueError. The kernels skip empty cells in one jump and
     emit exactly the reference's samples. More than ``max_samples`` samples is a RuntimeError,

@@ -1,14 +1,14 @@
 """NeRF hierarchical (coarse-to-fine) sampling as ``fastgen::sample_pdf``: the inverse CDF of the
 piecewise-constant pdf that a coarse pass's weights put on its intervals, as nerf-pytorch's
 ``sample_pdf(bins, weights, N_samples, det)``. The spec is
-:func:`fastgen.ops.nerf.reference_pdf.sample_pdf_ref`."""
+:func:`fastgen.ops.nerf.reference.sample_pdf_ref`."""
 from __future__ import annotations
 
 import torch
 
 from fastgen.ops import _checks as checks
 from fastgen.ops._library import OpSpec, cpp_backend, cuda_backend, define, only_dtypes, triton_backend
-from fastgen.ops.nerf.reference_pdf import sample_pdf_ref
+from fastgen.ops.nerf.reference import sample_pdf_ref
 
 _FLOATS = only_dtypes(torch.float32, torch.float64)
 _TRITON_MAX_CDF = 1024  # fastgen.ops.nerf.triton_pdf.MAX_CDF (not imported: import fastgen never imports triton)

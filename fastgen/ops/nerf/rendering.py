@@ -1,5 +1,5 @@
 """Volume rendering ops on packed rays: ``fastgen::volume_render_weights`` and the fused
-``fastgen::volume_render`` (spec: ``reference_rendering.py``; public API: ``fastgen.nerf.rendering``).
+``fastgen::volume_render`` (spec: ``reference.py``; public API: ``fastgen.nerf.rendering``).
 
 Both take samples packed by ray, [N] (rgbs [N, C]), with ``packed_info`` [R, 2] int64 rows
 (start, count), the starts being the exclusive cumulative sum of the counts (the batched [R, S]
@@ -18,7 +18,7 @@ import torch
 
 from fastgen.ops import _checks as checks
 from fastgen.ops._library import OpSpec, cpp_backend, cuda_backend, define, only_dtypes, triton_backend
-from fastgen.ops.nerf.reference_rendering import (
+from fastgen.ops.nerf.reference import (
     volume_render_backward_ref,
     volume_render_ref,
     volume_render_weights_backward_ref,

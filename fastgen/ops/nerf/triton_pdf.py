@@ -2,7 +2,7 @@
 
 A program loads its rays' weights as a [BLOCK_R, BLOCK_S1] tile and builds the CDF there as the
 reference does (the float32 prefixes accumulated in float64 and rounded, divided by the last: see
-reference_pdf.py); entries past S become +inf so that they never count. Then, BLOCK_N samples at a
+reference.py); entries past S become +inf so that they never count. Then, BLOCK_N samples at a
 time, it compares every u with the whole CDF in one [BLOCK_R, BLOCK_N, BLOCK_S1] block: the count
 of values <= u is searchsorted(right=True), the largest such value is cdf[below] and the smallest
 other one cdf[above] (the CDF is non-decreasing), so no gather from registers is needed; the edges

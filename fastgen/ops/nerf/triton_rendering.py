@@ -1,4 +1,4 @@
-"""Triton volume rendering on packed rays (the spec is ``reference_rendering.py``).
+"""Triton volume rendering on packed rays (the spec is ``reference.py``).
 
 One program per ray walks its samples in chunks of BLOCK: within a chunk the exclusive sum of
 tau = sigma * delta is a ``tl.cumsum``, so T_i = exp(-(tau before the chunk + exclusive sum)), as the
