@@ -1,16 +1,17 @@
-"""NeRF volume rendering: fastgen's fused kernel against nerf-pytorch-style eager compositing.
+"""NeRF: fused volume rendering, hierarchical sampling, and time to a held-out PSNR when training.
 
 Run (the JSON is read by ``benchmarks/report.py``):
 
     PYTHONPATH=. python -m pytest benchmarks/bench_nerf.py -q --benchmark-json=OUT.json
 
-or, for one size with the providers interleaved round by round (medians; fairer on a busy machine):
+or, for one rendering size with the providers interleaved round by round (medians; fairer on a busy
+machine):
 
     PYTHONPATH=. python benchmarks/bench_nerf.py 65536 192 [rounds]
 
-float32 on CPU, batched layout [R, S] (R rays, S samples each, rgbs [R, S, 3]), R in {4096, 65536},
-S in {64, 192}; pass "fwd" (colors, opacities, depths) or "fwd+bwd" (and the gradients of
-colors.sum() + opacities.sum() + depths.sum() w.r.t. sigmas and rgbs).
+**Volume rendering** (``test_volume_render``): float32 on CPU, batched layout [R, S] (R rays, S samples
+each, rgbs [R, S, 3]), R in {4096, 65536}, S in {64, 192}; pass "fwd" (colors, opacities, depths) or
+"fwd+bwd" (and the gradients of colors.sum() + opacities.sum() + depths.sum() w.r.t. sigmas and rgbs).
 
 Densities (``make_scene``, seeded): S contiguous intervals of a uniform grid over [2, 6] (nerf-synthetic's
 near/far), shifted by a random fraction of a step per ray; 80% of the rays cross a surface at a depth d
@@ -25,6 +26,22 @@ Providers:
     eager     nerf-pytorch's raw2outputs compositing in eager torch: alpha, an exclusive cumprod of
               1 - alpha + 1e-10, weights, weighted sums
     compile   ``torch.compile`` of the eager function (compiled before timing; ``compile_s`` in extra_info)
+
+**Hierarchical sampling** (``test_sample_pdf``): NeRF's setup, R = 65536 rays, 64 coarse samples per ray
+whose midpoints make the 63 edges of 62 intervals (nerf-pytorch passes ``weights[..., 1:-1]``), 128
+fine samples per ray, deterministic (linspace u) and random u. fastgen is ``fastgen.nerf.sample_pdf``
+(argument checks, u from torch.rand when random, the C++ kernel); eager is nerf-pytorch's
+``sample_pdf`` as it writes it (``fastgen.ops.nerf.reference.sample_pdf_nerf_pytorch``); compile is
+``torch.compile`` of it. Every provider draws its own random u, so that cost is in all of them.
+
+**Time to a held-out PSNR** (``test_time_to_psnr``): train on the procedural scene (``TRAIN_*`` below)
+until the mean PSNR of the held-out views reaches ``TARGET_PSNR``, checked every ``EVAL_EVERY`` steps;
+the benchmark's time is the training time to that check (``timed_s``: the held-out renders are not
+counted). Both pipelines train the same MLP with the same rays per step and learning rate:
+    fastgen   the accelerated pipeline (``AcceleratedConfig``): occupancy grid marching, samples behind
+              opaque surfaces dropped, the fused rendering op; one network
+    dense     the reference: 64 stratified + 128 hierarchical samples per ray through a coarse and a fine
+              network, eager compositing (nerf-pytorch's setup)
 """
 from __future__ import annotations
 
@@ -33,7 +50,11 @@ import os
 import pytest
 import torch
 
+from fastgen.data import procedural_scene
+from fastgen.models.nerf import AcceleratedConfig, NeRFConfig, train_nerf
+from fastgen.nerf import sample_pdf
 from fastgen.nerf.rendering import rendering
+from fastgen.ops.nerf.reference import sample_pdf_nerf_pytorch
 from fastgen.testing import benchmark_after_warm_up
 
 SUITE = "nerf"
@@ -42,6 +63,15 @@ NEAR, FAR = 2.0, 6.0
 SIZES = [(r, s) for r in (4096, 65536) for s in (64, 192)]
 PROVIDERS = ["fastgen", "fastgen_eps0", "eager", "compile"]
 PASSES = ["fwd", "fwd+bwd"]
+
+PDF_RAYS, PDF_COARSE, PDF_FINE = 65536, 64, 128
+PDF_PROVIDERS = ["fastgen", "eager", "compile"]
+
+# Training: a 4x64 MLP (the paper's 8x256 takes hours on 2 cores), 32x32 views, 256 rays per step.
+TRAIN_MLP = dict(depth=4, width=64, skips=(1,), color_width=32, density_activation="softplus")
+TRAIN_SIZE, TRAIN_RAYS, TRAIN_LR, TRAIN_MAX_STEPS = 32, 256, 5e-3, 2000
+TARGET_PSNR, EVAL_EVERY, TEST_VIEWS = 18.5, 50, 4
+PIPELINES = {"fastgen": AcceleratedConfig(), "dense": None}
 
 
 def make_scene(n_rays: int, n_samples: int, seed: int = 0):
@@ -119,6 +149,62 @@ def test_volume_render(benchmark, size, pass_, provider):
         "active_fraction": active_fraction(t_starts, t_ends, sigmas.detach()),
         "allocator": os.environ.get("THP_MEM_ALLOC_ENABLE", "default")})
     benchmark_after_warm_up(benchmark, provider, step)
+
+
+def make_coarse_pass(rays: int = PDF_RAYS, coarse: int = PDF_COARSE):
+    """Edges (midpoints of stratified coarse samples) [R, coarse - 1] and their weights [R, coarse - 2]."""
+    gen = torch.Generator().manual_seed(0)
+    t = torch.linspace(0, 1, coarse, dtype=DTYPE)
+    z_vals = NEAR + (FAR - NEAR) * (t + torch.rand(rays, coarse, generator=gen, dtype=DTYPE) / coarse)
+    mids = 0.5 * (z_vals[:, 1:] + z_vals[:, :-1])
+    weights = torch.rand(rays, coarse, generator=gen, dtype=DTYPE) ** 4  # peaky, as trained densities
+    return mids, weights[:, 1:-1].contiguous()
+
+
+def make_sampler(provider: str, bins: torch.Tensor, weights: torch.Tensor, deterministic: bool):
+    if provider == "fastgen":
+        return lambda: sample_pdf(bins, weights, PDF_FINE, deterministic)
+    if provider == "eager":
+        return lambda: sample_pdf_nerf_pytorch(bins, weights, PDF_FINE, deterministic)
+    if provider == "compile":
+        torch._dynamo.reset()  # a clean slate, so compile_s is a full compile
+        compiled = torch.compile(sample_pdf_nerf_pytorch, fullgraph=True, dynamic=False)
+        return lambda: compiled(bins, weights, PDF_FINE, deterministic)
+    raise ValueError(provider)
+
+
+@pytest.mark.parametrize("provider", PDF_PROVIDERS)
+@pytest.mark.parametrize("deterministic", [True, False], ids=["det", "rand"])
+def test_sample_pdf(benchmark, deterministic, provider):
+    bins, weights = make_coarse_pass()
+    benchmark.group = f"sample_pdf R={PDF_RAYS} S={weights.shape[1]} n={PDF_FINE} {'det' if deterministic else 'rand'}"
+    benchmark.extra_info.update({
+        "suite": SUITE, "op": "sample_pdf", "provider": provider, "shape": [PDF_RAYS, weights.shape[1], PDF_FINE],
+        "deterministic": deterministic, "dtype": str(DTYPE).removeprefix("torch.")})
+    benchmark_after_warm_up(benchmark, provider, make_sampler(provider, bins, weights, deterministic))
+
+
+@pytest.mark.parametrize("provider", list(PIPELINES))
+def test_time_to_psnr(benchmark, provider):
+    scene = procedural_scene(size=TRAIN_SIZE, n_test=TEST_VIEWS)
+    results = []
+
+    def train():
+        results.append(train_nerf(TRAIN_MAX_STEPS, batch_rays=TRAIN_RAYS, lr=TRAIN_LR, config=NeRFConfig(**TRAIN_MLP),
+                                  scene=scene, accelerated=PIPELINES[provider], target_psnr=TARGET_PSNR,
+                                  eval_every=EVAL_EVERY))
+
+    # One run: minutes for the dense pipeline. report.py reads timed_s (training only), not the wall time.
+    benchmark.pedantic(train, rounds=1, iterations=1)
+    result = results[0]
+    benchmark.group = f"nerf training to {TARGET_PSNR} dB held-out PSNR, {TRAIN_SIZE}x{TRAIN_SIZE} views"
+    benchmark.extra_info.update({
+        "suite": SUITE, "op": "nerf_train_to_psnr", "provider": provider, "target_psnr": TARGET_PSNR,
+        "timed_s": result.seconds_to_target, "steps_to_target": result.steps_to_target,
+        "final_psnr": result.test_psnr, "batch_rays": TRAIN_RAYS, "mlp": TRAIN_MLP,
+        "allocator": os.environ.get("THP_MEM_ALLOC_ENABLE", "default")})
+    assert result.seconds_to_target is not None, (
+        f"{provider} did not reach {TARGET_PSNR} dB in {TRAIN_MAX_STEPS} steps (held-out {result.test_psnr:.2f} dB)")
 
 
 def _interleaved(n_rays: int, n_samples: int, rounds: int) -> None:

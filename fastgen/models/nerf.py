@@ -3,8 +3,10 @@ connection and a view-dependent color head, stratified + hierarchical (coarse/fi
 each ray, nerf-pytorch-style alpha compositing, and a training loop on the procedural scene of
 :mod:`fastgen.data.scenes`.
 
-The renderer is a plain function, :func:`render_rays`, so an accelerated one (occupancy grid
-marching + fused rendering on the same :class:`NeRF`) can be passed to :func:`train_nerf` instead.
+The dense renderer is a plain function, :func:`render_rays`; the accelerated pipeline,
+:class:`AcceleratedRenderer`, renders the same :class:`NeRF` with nerfacc's approach: an occupancy grid
+trained alongside the MLP skips empty space, samples behind opaque surfaces are dropped, and the fused
+``fastgen::volume_render`` op composites. :func:`train_nerf` trains with either.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastgen.data.scenes import Scene, camera_rays, procedural_scene
+from fastgen.nerf.occupancy import OccupancyGrid
+from fastgen.nerf.rendering import rendering
 from fastgen.ops.nerf.pdf import sample_pdf
 
 DENSITY_ACTIVATIONS = ("relu", "softplus")
@@ -229,6 +233,82 @@ def render_rays(model: NeRF, rays_o: torch.Tensor, rays_d: torch.Tensor, config:
 RenderFn = Callable[..., NeRFOutput]
 
 
+@dataclass(frozen=True)
+class AcceleratedConfig:
+    """The accelerated pipeline's occupancy grid and marcher (nerfacc's names). ``resolution`` cells
+    per axis over the scene's aabb; samples every ``render_step_size`` world units through occupied
+    cells; a sample is dropped when its alpha is below ``alpha_thre`` or the transmittance before it
+    is below ``early_stop_eps``. The grid is re-evaluated every ``update_every`` steps (every cell
+    during the first ``warmup_steps``), a cell being occupied when density * step size exceeds
+    ``occ_thre``."""
+
+    # Tuned on the procedural scene (an aabb of 2.5 x 2.5 x 1.2, runs of hundreds of steps): a 32^3
+    # grid costs a few ms per update where 64^3 costs as much as the step; nerfacc's 256 warm-up steps
+    # (every cell evaluated) would be most of a short run; and with its ema_decay of 0.95 a cell
+    # that empties stays marked for ~240 steps (0.95^15 halves it), so nothing was pruned in 300.
+    resolution: int = 32
+    render_step_size: float = 0.03
+    early_stop_eps: float = 1e-4
+    alpha_thre: float = 1e-3
+    occ_thre: float = 1e-2
+    update_every: int = 16
+    warmup_steps: int = 32
+    ema_decay: float = 0.8
+
+
+class AcceleratedRenderer:
+    """Occupancy-grid marching + fused rendering, called like :func:`render_rays`: returns a
+    :class:`NeRFOutput` with only the coarse pass (one network, as nerfacc's NeRF examples), whose
+    ``weights`` and ``t`` are left empty since samples are packed per ray. :meth:`update` trains the
+    grid from the model's density; call it once per training step.
+
+    Train the MLP with ``density_activation="softplus"``: under ReLU an untrained MLP has zero density
+    in much of the volume, the grid marks those cells empty, and no sample (so no gradient) ever
+    reaches them again."""
+
+    def __init__(self, aabb: torch.Tensor, config: AcceleratedConfig = AcceleratedConfig()) -> None:
+        self.config = config
+        self.grid = OccupancyGrid(aabb, resolution=config.resolution)
+
+    def to(self, device: torch.device | str) -> AcceleratedRenderer:
+        self.grid.to(device)
+        return self
+
+    def update(self, step: int, model: NeRF, generator: torch.Generator | None = None) -> None:
+        c = self.config
+        self.grid.train()
+        self.grid.update_every_n_steps(step, lambda x: model.density(x) * c.render_step_size, occ_thre=c.occ_thre,
+                                       ema_decay=c.ema_decay, warmup_steps=c.warmup_steps, n=c.update_every,
+                                       generator=generator)
+
+    def __call__(self, model: NeRF, rays_o: torch.Tensor, rays_d: torch.Tensor, config: NeRFConfig,
+                 fine_model: NeRF | None = None, perturb: bool = False, generator: torch.Generator | None = None,
+                 background: torch.Tensor | float | None = 1.0) -> NeRFOutput:
+        c = self.config
+        # Unit directions: the marcher's t and step are then in world units, as the dense renderer's.
+        dirs = rays_d / rays_d.norm(dim=-1, keepdim=True)
+
+        def points(t_starts, t_ends, ray_indices):
+            return rays_o[ray_indices] + ((t_starts + t_ends) / 2)[:, None] * dirs[ray_indices]
+
+        def sigma_fn(t_starts, t_ends, ray_indices):
+            return model.density(points(t_starts, t_ends, ray_indices))
+
+        def rgb_sigma_fn(t_starts, t_ends, ray_indices):
+            return model(points(t_starts, t_ends, ray_indices), dirs[ray_indices])
+
+        ray_indices, t_starts, t_ends = self.grid.sampling(
+            rays_o, dirs, sigma_fn=sigma_fn, near_plane=config.near, far_plane=config.far,
+            render_step_size=c.render_step_size, early_stop_eps=c.early_stop_eps, alpha_thre=c.alpha_thre,
+            stratified=perturb, generator=generator)
+        if background is not None:
+            background = torch.as_tensor(background, dtype=rays_o.dtype, device=rays_o.device)
+        rgb, acc, depth, _ = rendering(t_starts, t_ends, ray_indices, n_rays=len(rays_o), rgb_sigma_fn=rgb_sigma_fn,
+                                       render_bkgd=background, early_stop_eps=c.early_stop_eps, return_extras=False)
+        empty = rays_o.new_empty(0)
+        return NeRFOutput(RenderOutput(rgb=rgb, depth=depth[:, 0], acc=acc[:, 0], weights=empty, t=empty))
+
+
 @torch.no_grad()
 def render_image(model: NeRF, pose: torch.Tensor, height: int, width: int, focal: float, config: NeRFConfig,
                  fine_model: NeRF | None = None, background: torch.Tensor | float | None = 1.0,
@@ -256,7 +336,8 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @dataclass
 class TrainResult:
     """Per-step losses (MSE of the coarse plus the fine pass), the mean held-out PSNR over the test
-    views and each view's, the training time in seconds, and the trained models."""
+    views and each view's, the training time in seconds (held-out checks excluded), the trained
+    models, and the accelerated pipeline's renderer (its occupancy grid) when it trained."""
 
     losses: list[float]
     test_psnr: float
@@ -265,6 +346,10 @@ class TrainResult:
     model: NeRF
     fine_model: NeRF | None
     config: NeRFConfig = field(repr=False)
+    renderer: AcceleratedRenderer | None = field(default=None, repr=False)
+    # With target_psnr: the first held-out check at or above it (training seconds exclude the checks).
+    steps_to_target: int | None = None
+    seconds_to_target: float | None = None
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -285,22 +370,33 @@ def evaluate(model: NeRF, scene: Scene, config: NeRFConfig, fine_model: NeRF | N
 def train_nerf(steps: int, batch_rays: int = 1024, lr: float = 5e-4, seed: int = 0, config: NeRFConfig | None = None,
                scene: Scene | None = None, log_every: int = 0, out_dir: str | Path | None = None,
                lr_final_ratio: float = 0.1, fine_network: bool = True, render_fn: RenderFn = render_rays,
-               device: torch.device | str = "cpu") -> TrainResult:
+               device: torch.device | str = "cpu", accelerated: AcceleratedConfig | None = None,
+               target_psnr: float | None = None, eval_every: int = 100) -> TrainResult:
     """Train on ``scene`` (default: :func:`procedural_scene`) for ``steps`` Adam steps of
     ``batch_rays`` rays drawn uniformly from all training pixels, on the MSE of the coarse plus the
     fine pass; the learning rate decays exponentially to ``lr * lr_final_ratio`` at the last step.
     With ``fine_network`` (the paper's setup) the fine pass has its own MLP, else it reuses the
     coarse one. ``render_fn`` replaces :func:`render_rays` (same arguments, a :class:`NeRFOutput`).
+    ``accelerated`` trains the accelerated pipeline instead (:class:`AcceleratedRenderer` over the
+    scene's aabb, one MLP; ``render_fn`` and ``fine_network`` are then unused).
+    With ``target_psnr``, the held-out PSNR is checked every ``eval_every`` steps (and after the last)
+    and training stops at the first check that reaches it; the checks are not timed.
     Prints the loss every ``log_every`` steps (0: never). With ``out_dir``, writes ``heldout.png``
     (first held-out view: render | ground truth) and ``metrics.json``."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
     if isinstance(batch_rays, bool) or not isinstance(batch_rays, int) or batch_rays < 1:
         raise ValueError(f"batch_rays must be an int >= 1, got {batch_rays!r}")
+    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1:
+        raise ValueError(f"eval_every must be an int >= 1, got {eval_every!r}")
     config = config or NeRFConfig()
     scene = (scene or procedural_scene()).to(device)
     torch.manual_seed(seed)
     model = config.make_model().to(device)
+    renderer = None
+    if accelerated is not None:
+        renderer = AcceleratedRenderer(scene.aabb, accelerated).to(device)
+        render_fn, fine_network = renderer, False
     fine_model = config.make_model().to(device) if fine_network and config.n_fine > 0 else None
     params = list(model.parameters()) + (list(fine_model.parameters()) if fine_model is not None else [])
     optimizer = torch.optim.Adam(params, lr=lr)
@@ -310,9 +406,14 @@ def train_nerf(steps: int, batch_rays: int = 1024, lr: float = 5e-4, seed: int =
     rays_o, rays_d = (r.reshape(-1, 3) for r in camera_rays(scene.poses, scene.height, scene.width, scene.focal))
     colors = scene.images.reshape(-1, 3)
     losses = []
-    model.train()
-    start = time.perf_counter()
+    steps_to_target = seconds_to_target = None
+    psnr_per_view = renders = None
+    seconds = 0.0
     for step in range(steps):
+        model.train()
+        start = time.perf_counter()
+        if renderer is not None:
+            renderer.update(step, model, generator)
         index = torch.randint(len(colors), (batch_rays,), generator=generator, device=device)
         out = render_fn(model, rays_o[index], rays_d[index], config, fine_model=fine_model, perturb=True,
                         generator=generator, background=scene.background)
@@ -322,17 +423,24 @@ def train_nerf(steps: int, batch_rays: int = 1024, lr: float = 5e-4, seed: int =
         optimizer.step()
         scheduler.step()
         losses.append(loss.detach())  # no .item() per step: it would wait for a GPU
+        seconds += time.perf_counter() - start
         if log_every and (step + 1) % log_every == 0:
             batch_psnr = psnr(out.final.rgb.detach(), colors[index]).item()
             print(f"step {step + 1}/{steps}  loss {losses[-1].item():.5f}  batch psnr {batch_psnr:.2f} dB  "
-                  f"{time.perf_counter() - start:.1f} s", flush=True)
+                  f"{seconds:.1f} s", flush=True)
+        if target_psnr is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            psnr_per_view, renders = evaluate(model, scene, config, fine_model, render_fn)
+            if sum(psnr_per_view) / len(psnr_per_view) >= target_psnr:
+                steps_to_target, seconds_to_target = step + 1, seconds
+                break
     losses = torch.stack(losses).tolist() if losses else []
-    seconds = time.perf_counter() - start
 
-    psnr_per_view, renders = evaluate(model, scene, config, fine_model, render_fn)
+    if psnr_per_view is None:
+        psnr_per_view, renders = evaluate(model, scene, config, fine_model, render_fn)
     result = TrainResult(losses=losses, test_psnr=sum(psnr_per_view) / len(psnr_per_view),
                          psnr_per_view=psnr_per_view, seconds=seconds, model=model, fine_model=fine_model,
-                         config=config)
+                         config=config, renderer=renderer, steps_to_target=steps_to_target,
+                         seconds_to_target=seconds_to_target)
     if out_dir is not None:
         from PIL import Image
 
@@ -340,9 +448,13 @@ def train_nerf(steps: int, batch_rays: int = 1024, lr: float = 5e-4, seed: int =
         out.mkdir(parents=True, exist_ok=True)
         side_by_side = torch.cat([renders[0], scene.test_images[0]], dim=1).cpu()
         Image.fromarray(_to_uint8(side_by_side)).save(out / "heldout.png")
-        metrics = {"test_psnr": result.test_psnr, "psnr_per_view": psnr_per_view, "steps": steps,
+        metrics = {"test_psnr": result.test_psnr, "psnr_per_view": psnr_per_view, "steps": len(losses),
                    "final_loss": losses[-1] if losses else None, "train_seconds": seconds,
-                   "batch_rays": batch_rays, "lr": lr, "seed": seed, "config": asdict(config)}
+                   "pipeline": "dense" if accelerated is None else "accelerated",
+                   "target_psnr": target_psnr, "steps_to_target": steps_to_target,
+                   "seconds_to_target": seconds_to_target, "batch_rays": batch_rays, "lr": lr, "seed": seed,
+                   "config": asdict(config),
+                   "accelerated_config": None if accelerated is None else asdict(accelerated)}
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return result
 
@@ -360,6 +472,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MLP layers (default 8); the skip connection follows layer depth // 2, 0-based")
     parser.add_argument("--coarse", type=int, default=default.n_coarse, help="coarse samples per ray (default 64)")
     parser.add_argument("--fine", type=int, default=default.n_fine, help="fine samples per ray (default 128; 0: none)")
+    parser.add_argument("--density", choices=DENSITY_ACTIVATIONS, default=None,
+                        help="density activation (default: relu, the paper's; softplus with --accelerated)")
+    parser.add_argument("--accelerated", action="store_true",
+                        help="train the accelerated pipeline (occupancy grid + fused rendering, one MLP; "
+                             "--coarse/--fine unused)")
+    parser.add_argument("--target-psnr", type=float, default=None,
+                        help="stop at the first held-out check (every --eval-every steps) reaching this PSNR")
+    parser.add_argument("--eval-every", type=int, default=100, help="steps between held-out checks (default 100)")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--device", default="cpu", help="torch device to train on (default cpu)")
     parser.add_argument("--out-dir", default=None, help="where to write heldout.png and metrics.json")
@@ -369,11 +489,17 @@ def run(args: argparse.Namespace) -> int:
     """``fastgen train nerf`` with parsed :func:`add_arguments` options."""
     default = NeRFConfig()
     skips = (args.depth // 2,) if args.depth // 2 < args.depth - 1 else ()  # (4,) at the paper's depth 8
-    config = replace(default, width=args.width, depth=args.depth, skips=skips, n_coarse=args.coarse, n_fine=args.fine)
+    density = args.density or ("softplus" if args.accelerated else "relu")
+    config = replace(default, width=args.width, depth=args.depth, skips=skips, n_coarse=args.coarse, n_fine=args.fine,
+                     density_activation=density)
     result = train_nerf(args.steps, batch_rays=args.batch_rays, lr=args.lr, seed=args.seed, config=config,
                         scene=procedural_scene(size=args.size), log_every=args.log_every, out_dir=args.out_dir,
-                        device=args.device)
-    print(f"held-out PSNR {result.test_psnr:.2f} dB after {args.steps} steps ({result.seconds:.1f} s)")
+                        device=args.device, accelerated=AcceleratedConfig() if args.accelerated else None,
+                        target_psnr=args.target_psnr, eval_every=args.eval_every)
+    print(f"held-out PSNR {result.test_psnr:.2f} dB after {len(result.losses)} steps ({result.seconds:.1f} s)")
+    if args.target_psnr is not None:
+        print(f"{args.target_psnr} dB " + (f"reached after {result.steps_to_target} steps ({result.seconds_to_target:.1f} s)"
+                                          if result.steps_to_target is not None else "not reached"))
     return 0
 
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from PIL import Image
 
 from fastgen.data import procedural_scene
-from fastgen.models.nerf import (NeRF, NeRFConfig, PositionalEncoding, _shade, composite, fine_samples, main, psnr,
-                                 render_image, render_rays, stratified_samples, train_nerf)
+from fastgen.data.scenes import AABB, camera_rays
+from fastgen.models.nerf import (AcceleratedConfig, AcceleratedRenderer, NeRF, NeRFConfig, PositionalEncoding, _shade,
+                                 composite, fine_samples, main, psnr, render_image, render_rays, stratified_samples,
+                                 train_nerf)
 
 TINY = NeRFConfig(depth=3, width=16, skips=(0,), pos_freqs=3, dir_freqs=2, color_width=8, n_coarse=8, n_fine=6)
 
@@ -239,3 +242,91 @@ def test_main_trains_and_writes_the_heldout_view(tmp_path, one_thread, capsys):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["steps"] == 2 and math.isfinite(metrics["test_psnr"])
     assert Image.open(tmp_path / "heldout.png").size == (16, 8)
+
+
+# --- the accelerated pipeline ------------------------------------------------------------------
+
+def test_accelerated_renderer_matches_compositing_its_own_samples_by_hand():
+    """With every cell occupied and no sample dropped, the pipeline is: march, query the MLP at the
+    midpoints, composite; done here by hand with nerf-pytorch's formula (no 1e-10, exact deltas)."""
+    torch.manual_seed(0)
+    model = NeRF(depth=2, width=16, skips=(), pos_freqs=2, dir_freqs=1, color_width=8,
+                 density_activation="softplus").double()
+    config = replace(NeRFConfig(), near=2.0, far=6.0)
+    renderer = AcceleratedRenderer(torch.tensor(AABB), AcceleratedConfig(resolution=4, render_step_size=0.1,
+                                                                        early_stop_eps=0.0, alpha_thre=0.0))
+    renderer.grid.binaries.fill_(True)
+    scene = procedural_scene(n_train=1, n_test=1, size=6)
+    rays_o, rays_d = (r.reshape(-1, 3).double() for r in camera_rays(scene.poses, 6, 6, scene.focal))
+    rays_d = rays_d * 1.5  # the renderer normalizes directions: steps are world units
+    background = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
+    out = renderer(model, rays_o, rays_d, config, background=background).final
+
+    unit = rays_d / rays_d.norm(dim=-1, keepdim=True)
+    ray_indices, t_starts, t_ends = renderer.grid.sampling(rays_o, unit, near_plane=2.0, far_plane=6.0,
+                                                           render_step_size=0.1)
+    assert len(ray_indices) > 0 and (t_ends - t_starts).max() <= 0.1 + 1e-12
+    mids = (t_starts + t_ends) / 2
+    rgbs, sigmas = model(rays_o[ray_indices] + mids[:, None] * unit[ray_indices], unit[ray_indices])
+    expected_rgb = background.expand(len(rays_o), 3).clone()
+    expected_acc = torch.zeros(len(rays_o), dtype=torch.float64)
+    for ray in range(len(rays_o)):
+        on_ray = ray_indices == ray
+        alpha = 1 - torch.exp(-sigmas[on_ray] * (t_ends - t_starts)[on_ray])
+        weights = alpha * torch.cumprod(torch.cat([alpha.new_ones(1), 1 - alpha[:-1]]), 0)
+        expected_acc[ray] = weights.sum()
+        expected_rgb[ray] = (weights[:, None] * rgbs[on_ray]).sum(0) + (1 - weights.sum()) * background
+    torch.testing.assert_close(out.rgb, expected_rgb)
+    torch.testing.assert_close(out.acc, expected_acc)
+    assert out.rgb.requires_grad  # gradients reach the MLP through the fused op
+
+
+def test_accelerated_renderer_with_an_empty_grid_sees_the_background():
+    model = TINY.make_model()
+    renderer = AcceleratedRenderer(torch.tensor(AABB), AcceleratedConfig(resolution=8))
+    rays_o = torch.tensor([[0.0, 0.0, 4.0], [4.0, 0.0, 0.0]])
+    rays_d = torch.tensor([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]])
+    out = renderer(model, rays_o, rays_d, TINY, background=torch.tensor([0.2, 0.4, 0.6])).final
+    torch.testing.assert_close(out.rgb, torch.tensor([[0.2, 0.4, 0.6]] * 2))
+    assert (out.acc == 0).all()
+
+
+# Measured (shared 2-core machine, one thread, the training test's settings, seeds 0-3): held-out
+# PSNR after 300 steps 18.5, 18.9, 18.7, 18.6 dB; the grid keeps 60-61% of its cells (the volume
+# under the ground and inside the shapes, never seen, stays occupied); 12-20 s.
+ACCEL_CONFIG = replace(TRAIN_CONFIG, density_activation="softplus")
+ACCEL_STEPS = 300
+MIN_ACCEL_PSNR = 17.5
+MAX_ACCEL_OCCUPIED = 0.75
+
+
+def test_accelerated_training_learns_the_scene_and_prunes_the_grid(one_thread):
+    scene = procedural_scene(size=32)
+    result = train_nerf(ACCEL_STEPS, batch_rays=TRAIN_RAYS, lr=TRAIN_LR, config=ACCEL_CONFIG, scene=scene,
+                        accelerated=AcceleratedConfig())
+    occupied = result.renderer.grid.binaries.float().mean().item()
+    report = f"held-out PSNR {result.test_psnr:.2f} dB, {occupied:.0%} of the grid occupied"
+    assert result.fine_model is None and len(result.losses) == ACCEL_STEPS, report
+    assert result.test_psnr >= MIN_ACCEL_PSNR, report
+    assert occupied < MAX_ACCEL_OCCUPIED, report
+
+
+def test_training_stops_at_the_target_psnr(one_thread):
+    scene = procedural_scene(size=16, n_test=2)
+    result = train_nerf(60, batch_rays=128, lr=TRAIN_LR, config=ACCEL_CONFIG, scene=scene,
+                        accelerated=AcceleratedConfig(), target_psnr=-100.0, eval_every=20)
+    assert result.steps_to_target == 20 and len(result.losses) == 20
+    assert 0 < result.seconds_to_target == result.seconds
+    result = train_nerf(30, batch_rays=128, lr=TRAIN_LR, config=ACCEL_CONFIG, scene=scene,
+                        accelerated=AcceleratedConfig(), target_psnr=100.0, eval_every=20)
+    assert result.steps_to_target is None and result.seconds_to_target is None and len(result.losses) == 30
+
+
+def test_main_trains_the_accelerated_pipeline(tmp_path, one_thread, capsys):
+    argv = ["--accelerated", "--steps", "3", "--size", "8", "--width", "16", "--depth", "2", "--batch-rays", "16",
+            "--target-psnr", "200", "--eval-every", "2", "--out-dir", str(tmp_path)]
+    assert main(argv) == 0
+    assert "200.0 dB not reached" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["pipeline"] == "accelerated" and metrics["config"]["density_activation"] == "softplus"
+    assert metrics["steps"] == 3 and metrics["steps_to_target"] is None

@@ -293,7 +293,7 @@ def sample_pdf_ref(bins: torch.Tensor, weights: torch.Tensor, u: torch.Tensor | 
 def sample_pdf_nerf_pytorch(bins: torch.Tensor, weights: torch.Tensor, n_samples: int, det: bool = True,
                             generator: torch.Generator | None = None) -> torch.Tensor:
     """The function as nerf-pytorch writes it (pdf / sum, then cumsum; stack + gather of [R, n, S + 1]):
-    the ``eager`` provider of benchmarks/bench_nerf_pdf.py, and a cross-check of the spec above."""
+    the ``eager`` provider of benchmarks/bench_nerf.py's sample_pdf groups, and a cross-check of the spec above."""
     weights = weights + 1e-5
     pdf = weights / torch.sum(weights, -1, keepdim=True)
     cdf = torch.cumsum(pdf, -1)
