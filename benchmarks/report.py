@@ -113,6 +113,8 @@ SUITES = (
               Check("feature_stats: relative error vs float64 <= {target}", {"op": "feature_stats"},
                     "rel_err", "<=", 1e-6),
           )),
+    # No targets: what the kernels buy end to end, next to FASTGEN_BACKEND=ref.
+    Suite("models", "one training step, batch 64", ("train_step",), ("ref",), ("fastgen",), ()),
     Suite("nerf", "NeRF float32: volume rendering, sample_pdf, training to a held-out PSNR",
           ("volume_render", "sample_pdf", "nerf_train_to_psnr"), ("eager", "compile", "dense"), ("fastgen",), (
               Check("volume_render fwd R=65536 S=192: speedup vs eager >= {target}",

@@ -329,19 +329,47 @@ void render_backward(const T* grad_colors, const T* grad_opacities, const T* gra
       const T g_opacity = grad_opacities[r], g_depth = grad_depths[r];
       std::fill(grad_sigmas + start + active, grad_sigmas + start + count, T(0));
       std::fill(grad_rgbs + (start + active) * c, grad_rgbs + (start + count) * c, T(0));
+      // Chunks from the ray's end: the per-sample terms with SIMD lanes, then the suffix sum `later`
+      // (the only sequential part: kChunk adds), then grad_sigma with SIMD lanes.
       T later = 0;
-      for (int64_t j = active - 1; j >= 0; --j) {
-        const int64_t i = start + j;
-        const T w = trans[j] * (T(1) - survival[j]);
-        const T* rgb = rgbs + i * c;
-        T* grad_rgb = grad_rgbs + i * c;
-        T v = g_opacity + g_depth * (t_starts[i] + t_ends[i]) * T(0.5);
-        for (int64_t k = 0; k < c; ++k) {
-          v += g[k] * rgb[k];
-          grad_rgb[k] = w * g[k];
+      for (int64_t stop = active; stop > 0; stop -= kChunk) {
+        const int64_t base = std::max<int64_t>(stop - kChunk, 0), m = stop - base, i0 = start + base;
+        const T* tr = trans.data() + base;
+        const T* e = survival.data() + base;
+        const T* t0 = t_starts + i0;
+        const T* t1 = t_ends + i0;
+        const T* rgb = rgbs + i0 * c;
+        T* grad_rgb = grad_rgbs + i0 * c;
+        T v[kChunk], wv[kChunk], after[kChunk];
+        if constexpr (kC == 3) {
+          const T g0 = g[0], g1 = g[1], g2 = g[2];
+#pragma omp simd
+          for (int64_t j = 0; j < m; ++j) {
+            const T w = tr[j] * (T(1) - e[j]);
+            v[j] = g_opacity + g_depth * (t0[j] + t1[j]) * T(0.5) + g0 * rgb[3 * j] + g1 * rgb[3 * j + 1] +
+                   g2 * rgb[3 * j + 2];
+            wv[j] = w * v[j];
+            grad_rgb[3 * j] = w * g0;
+            grad_rgb[3 * j + 1] = w * g1;
+            grad_rgb[3 * j + 2] = w * g2;
+          }
+        } else {
+          for (int64_t j = 0; j < m; ++j) {
+            const T w = tr[j] * (T(1) - e[j]);
+            v[j] = g_opacity + g_depth * (t0[j] + t1[j]) * T(0.5);
+            for (int64_t k = 0; k < c; ++k) {
+              v[j] += g[k] * rgb[j * c + k];
+              grad_rgb[j * c + k] = w * g[k];
+            }
+            wv[j] = w * v[j];
+          }
         }
-        grad_sigmas[i] = (t_ends[i] - t_starts[i]) * (trans[j + 1] * v - later);
-        later += w * v;
+        for (int64_t j = m - 1; j >= 0; --j) {
+          after[j] = later;
+          later += wv[j];
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < m; ++j) grad_sigmas[i0 + j] = (t1[j] - t0[j]) * (tr[j + 1] * v[j] - after[j]);
       }
     }
   });

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastgen.models.training import TrainSpec, register
 from fastgen.nn import VectorQuantizer, VQOutput
 
 # load_digits' pixels are integers 0..16.
@@ -74,3 +75,28 @@ def train_step(model: VQVAE, optimizer: torch.optim.Optimizer, batch: torch.Tens
     optimizer.step()
     return {"loss": loss.item(), "reconstruction_loss": reconstruction_loss.item(), "vq_loss": vq.loss.item(),
             "perplexity": vq.perplexity.item(), "usage": vq.usage.item()}
+
+
+def reconstruction_grid(model: VQVAE, images: torch.Tensor, n: int = 32) -> torch.Tensor:
+    """The first n images of ``images`` [B, C, 8, 8] in [-1, 1], then their reconstructions, in [0, 1]."""
+    images = images[:n]
+    reconstruction, _ = model(images)
+    return (torch.cat([images, reconstruction]).clamp(-1, 1) + 1) / 2
+
+
+def _digits(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from fastgen.data.digits import load_digits_images
+
+    return load_digits_images(size=8, value_range=(-1.0, 1.0), seed=seed)
+
+
+register(TrainSpec(
+    name="vqvae",
+    summary="VQ-VAE (EMA codebook, 32 codes on a 4x4 grid) on 8x8 digits; inputs, then their reconstructions",
+    build=VQVAE,
+    data=_digits,
+    optimizers=lambda model: {"model": torch.optim.Adam(model.parameters(), lr=2e-3)},
+    step=lambda model, optimizers, batch, step: train_step(model, optimizers["model"], batch[0]),
+    grid=lambda model, batch: reconstruction_grid(model, batch[0]),
+    batch_size=64, steps=1000,
+))
