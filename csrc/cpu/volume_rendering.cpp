@@ -28,8 +28,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace fastgen {
@@ -137,6 +141,221 @@ int64_t ray_grain(int64_t n, int64_t n_rays) {
   return std::max<int64_t>(1, kSamplesPerTask / std::max<int64_t>(1, n / std::max<int64_t>(1, n_rays)));
 }
 
+// ---- volume_render, float RGB with AVX-512: one 16-sample chunk per vector ----
+//
+// The scalar loop above carries T_{i+1} = T_i e_i from sample to sample, and its `omp simd` sums end
+// in horizontal reductions every chunk. Here a chunk's transmittances come from an in-register
+// prefix product (log2(16) = 4 lane shifts), its stop is the first lane with T < eps (a mask), and
+// the sums stay in vector accumulators until the ray ends. The colors are summed interleaved: the
+// 48 floats of a chunk's rgbs times each sample's weight repeated three times, folded into R, G, B
+// once per ray. The backward needs no second pass over a ray: the sum of w_k v_k after sample i is
+// the ray's total (known once its last chunk is done) minus the prefix through i, so grad_sigma is
+// written with the prefix, and the total is subtracted in a sweep over the ray (in cache).
+#ifdef __AVX512F__
+
+// Lane j gets x[j - s]; lanes j < s get `fill`.
+inline __m512i lane_indices() { return _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0); }
+
+inline __m512 shift_up(__m512 x, int s, float fill) {
+  const __m512i from = _mm512_sub_epi32(lane_indices(), _mm512_set1_epi32(s));
+  const __mmask16 valid = static_cast<__mmask16>(0xFFFFu << s);
+  return _mm512_mask_permutexvar_ps(_mm512_set1_ps(fill), valid, from, x);
+}
+
+inline __m512 inclusive_product(__m512 x) {
+  for (int s = 1; s < 16; s <<= 1) x = _mm512_mul_ps(x, shift_up(x, s, 1.0f));
+  return x;
+}
+
+inline __m512 inclusive_sum(__m512 x) {
+  for (int s = 1; s < 16; s <<= 1) x = _mm512_add_ps(x, shift_up(x, s, 0.0f));
+  return x;
+}
+
+// Lane j gets element 3 j + channel of the 48 interleaved floats x[0..2].
+inline __m512 deinterleave3(const __m512 x[3], int channel) {
+  const __m512i idx = _mm512_add_epi32(_mm512_mullo_epi32(lane_indices(), _mm512_set1_epi32(3)),
+                                       _mm512_set1_epi32(channel));
+  const __m512 low = _mm512_permutex2var_ps(x[0], idx, x[1]);  // elements 0..31
+  const __mmask16 high = _mm512_cmpge_epi32_mask(idx, _mm512_set1_epi32(32));
+  return _mm512_mask_permutexvar_ps(low, high, _mm512_sub_epi32(idx, _mm512_set1_epi32(32)), x[2]);
+}
+
+inline float lane(__m512 x, int64_t j) {
+  return _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(static_cast<int32_t>(j)), x));
+}
+
+// exp_clamped on 16 lanes.
+inline __m512 exp_clamped16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+  const __m512i ki = _mm512_sub_epi32(
+      _mm512_cvttps_epi32(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(128.5f))),
+      _mm512_set1_epi32(128));
+  const __m512 k = _mm512_cvtepi32_ps(ki);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
+  const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ki, _mm512_set1_epi32(127)), 23));
+  return _mm512_mul_ps(y, scale);
+}
+
+// Each of 16 lanes repeated three times: 48 lanes in three vectors, matching interleaved RGB.
+struct Triple {
+  __m512 v[3];
+};
+
+inline Triple repeat3(__m512 x) {
+  Triple out;
+  // (16 part + k) / 3 as (16 part + k) * 43 >> 7, exact below 48.
+  for (int part = 0; part < 3; ++part) {
+    const __m512i element = _mm512_add_epi32(lane_indices(), _mm512_set1_epi32(16 * part));
+    out.v[part] = _mm512_permutexvar_ps(_mm512_srli_epi32(_mm512_mullo_epi32(element, _mm512_set1_epi32(43)), 7), x);
+  }
+  return out;
+}
+
+inline __mmask16 first_lanes(int64_t count) {
+  return count >= 16 ? static_cast<__mmask16>(0xFFFF)
+                     : static_cast<__mmask16>(count <= 0 ? 0 : (1u << count) - 1u);
+}
+
+// One chunk of m <= 16 samples entered with transmittance `transmittance` (>= eps): e = exp(-tau),
+// trans (before each sample), the inclusive product, and `active` (samples before the stop).
+struct Chunk {
+  __m512 e, trans, through, t0, t1;
+  int64_t active;
+};
+
+inline Chunk chunk_transmittance(const char* op, const float* sigmas, const float* t_starts, const float* t_ends,
+                                 int64_t base, int64_t m, float transmittance, float eps) {
+  const __mmask16 in = first_lanes(m);
+  Chunk c;
+  const __m512 sigma = _mm512_maskz_loadu_ps(in, sigmas + base);
+  c.t0 = _mm512_maskz_loadu_ps(in, t_starts + base);
+  c.t1 = _mm512_maskz_loadu_ps(in, t_ends + base);
+  const __m512 delta = _mm512_sub_ps(c.t1, c.t0);
+  const __mmask16 good = _mm512_cmp_ps_mask(delta, _mm512_setzero_ps(), _CMP_GE_OQ) &
+                         _mm512_cmp_ps_mask(sigma, sigma, _CMP_ORD_Q);
+  const __m512 e = exp_clamped16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), sigma), delta));
+  // Lanes past the chunk multiply by 1; bad samples are NaN, which stops the ray after them.
+  c.e = _mm512_mask_blend_ps(in, _mm512_set1_ps(1.0f),
+                             _mm512_mask_blend_ps(good, _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()), e));
+  const __m512 scale = _mm512_set1_ps(transmittance);
+  c.through = _mm512_mul_ps(scale, inclusive_product(c.e));
+  c.trans = shift_up(c.through, 1, transmittance);
+  const __mmask16 going = _mm512_cmp_ps_mask(c.trans, _mm512_set1_ps(eps), _CMP_GE_OQ) & in;
+  // The first lane that is not going (NaN compares false) ends the ray.
+  c.active = std::min<int64_t>(m, __builtin_ctz(static_cast<uint32_t>(static_cast<uint16_t>(~going)) | 0x10000u));
+  if (c.active > 0) {
+    const int64_t last = c.active - 1;
+    if (std::isnan(lane(c.e, last))) {
+      const int64_t i = base + last;
+      bad_sample(op, i, sigmas[i], t_starts[i], t_ends[i]);
+    }
+  }
+  return c;
+}
+
+void render_forward_rgb_avx512(const float* sigmas, const float* rgbs, const float* t_starts, const float* t_ends,
+                               Rays rays, int64_t n, float eps, float* __restrict colors,
+                               float* __restrict opacities, float* __restrict depths) {
+  at::parallel_for(0, rays.n_rays, ray_grain(n, rays.n_rays), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      __m512 opacity = _mm512_setzero_ps(), depth = _mm512_setzero_ps();
+      __m512 color[3] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      float transmittance = 1.0f;
+      const int64_t start = rays.start(r), stop = start + rays.count(r);
+      for (int64_t base = start; base < stop && transmittance >= eps; base += 16) {
+        const int64_t m = std::min<int64_t>(16, stop - base);
+        const Chunk c = chunk_transmittance("volume_render", sigmas, t_starts, t_ends, base, m, transmittance, eps);
+        const __m512 w = _mm512_maskz_mul_ps(first_lanes(c.active), c.trans,
+                                             _mm512_sub_ps(_mm512_set1_ps(1.0f), c.e));
+        opacity = _mm512_add_ps(opacity, w);
+        depth = _mm512_fmadd_ps(w, _mm512_mul_ps(_mm512_add_ps(c.t0, c.t1), _mm512_set1_ps(0.5f)), depth);
+        const Triple w3 = repeat3(w);
+        for (int part = 0; part < 3; ++part) {
+          const __m512 x = _mm512_maskz_loadu_ps(first_lanes(3 * c.active - 16 * part), rgbs + 3 * base + 16 * part);
+          color[part] = _mm512_fmadd_ps(w3.v[part], x, color[part]);
+        }
+        transmittance = c.active == m ? lane(c.through, m - 1) : 0.0f;
+      }
+      alignas(64) float sums[48];
+      for (int part = 0; part < 3; ++part) _mm512_store_ps(sums + 16 * part, color[part]);
+      float rgb[3] = {0.0f, 0.0f, 0.0f};
+      for (int k = 0; k < 48; ++k) rgb[k % 3] += sums[k];
+      std::copy(rgb, rgb + 3, colors + 3 * r);
+      opacities[r] = _mm512_reduce_add_ps(opacity);
+      depths[r] = _mm512_reduce_add_ps(depth);
+    }
+  });
+}
+
+void render_backward_rgb_avx512(const float* grad_colors, const float* grad_opacities, const float* grad_depths,
+                                const float* sigmas, const float* rgbs, const float* t_starts, const float* t_ends,
+                                Rays rays, int64_t n, float eps, float* __restrict grad_sigmas,
+                                float* __restrict grad_rgbs) {
+  at::parallel_for(0, rays.n_rays, ray_grain(n, rays.n_rays), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t start = rays.start(r), stop = start + rays.count(r);
+      // The color gradient repeated per sample: lane k of part p is channel (16 p + k) % 3.
+      Triple g3;
+      for (int part = 0; part < 3; ++part) {
+        alignas(64) float pattern[16];
+        for (int k = 0; k < 16; ++k) pattern[k] = grad_colors[3 * r + (16 * part + k) % 3];
+        g3.v[part] = _mm512_load_ps(pattern);
+      }
+      const __m512 g_opacity = _mm512_set1_ps(grad_opacities[r]), g_depth = _mm512_set1_ps(grad_depths[r]);
+      float transmittance = 1.0f, prefix = 0.0f;
+      int64_t reached = start;  // samples [start, reached) are before the stop
+      for (int64_t base = start; base < stop && transmittance >= eps; base += 16) {
+        const int64_t m = std::min<int64_t>(16, stop - base);
+        const Chunk c = chunk_transmittance("volume_render_backward", sigmas, t_starts, t_ends, base, m,
+                                            transmittance, eps);
+        const __mmask16 live = first_lanes(c.active);
+        const __m512 w = _mm512_maskz_mul_ps(live, c.trans, _mm512_sub_ps(_mm512_set1_ps(1.0f), c.e));
+        const __m512 mid = _mm512_mul_ps(_mm512_add_ps(c.t0, c.t1), _mm512_set1_ps(0.5f));
+        // v = gC . c + gO + gD mid, with the chunk's rgbs split into R, G, B lanes.
+        const Triple w3 = repeat3(w);
+        __m512 x[3];
+        for (int part = 0; part < 3; ++part) {
+          const __mmask16 valid = first_lanes(3 * c.active - 16 * part);
+          x[part] = _mm512_maskz_loadu_ps(valid, rgbs + 3 * base + 16 * part);
+          _mm512_mask_storeu_ps(grad_rgbs + 3 * base + 16 * part, valid, _mm512_mul_ps(w3.v[part], g3.v[part]));
+        }
+        __m512 v = _mm512_fmadd_ps(g_depth, mid, g_opacity);
+        for (int channel = 0; channel < 3; ++channel)
+          v = _mm512_fmadd_ps(_mm512_set1_ps(grad_colors[3 * r + channel]), deinterleave3(x, channel), v);
+        const __m512 wv = _mm512_maskz_mul_ps(live, w, v);
+        const __m512 through_prefix = _mm512_add_ps(_mm512_set1_ps(prefix), inclusive_sum(wv));
+        // delta (T_{i+1} v + prefix_i); the ray's total times delta is subtracted below.
+        const __m512 partial = _mm512_mul_ps(_mm512_sub_ps(c.t1, c.t0), _mm512_fmadd_ps(c.through, v, through_prefix));
+        _mm512_mask_storeu_ps(grad_sigmas + base, live, partial);
+        prefix = lane(through_prefix, 15);
+        reached = base + c.active;
+        transmittance = c.active == m ? lane(c.through, m - 1) : 0.0f;
+      }
+      const __m512 total = _mm512_set1_ps(prefix);
+      for (int64_t base = start; base < reached; base += 16) {
+        const __mmask16 live = first_lanes(reached - base);
+        const __m512 delta = _mm512_sub_ps(_mm512_maskz_loadu_ps(live, t_ends + base),
+                                           _mm512_maskz_loadu_ps(live, t_starts + base));
+        const __m512 g = _mm512_maskz_loadu_ps(live, grad_sigmas + base);
+        _mm512_mask_storeu_ps(grad_sigmas + base, live, _mm512_fnmadd_ps(delta, total, g));
+      }
+      std::fill(grad_sigmas + reached, grad_sigmas + stop, 0.0f);
+      std::fill(grad_rgbs + 3 * reached, grad_rgbs + 3 * stop, 0.0f);
+    }
+  });
+}
+
+#endif  // __AVX512F__
+
 // ---- volume_render_weights ----
 
 template <typename T>
@@ -242,6 +461,10 @@ template <typename T, int kC>
 void render_forward(const T* sigmas, const T* rgbs, const T* t_starts, const T* t_ends, Rays rays, int64_t n,
                     Channels<kC> channels, T eps, T* __restrict colors, T* __restrict opacities,
                     T* __restrict depths) {
+#ifdef __AVX512F__
+  if constexpr (std::is_same_v<T, float> && kC == 3)
+    return render_forward_rgb_avx512(sigmas, rgbs, t_starts, t_ends, rays, n, eps, colors, opacities, depths);
+#endif
   const int64_t c = channels();
   at::parallel_for(0, rays.n_rays, ray_grain(n, rays.n_rays), [&](int64_t begin, int64_t end) {
     T e[kChunk], w[kChunk];
@@ -301,6 +524,11 @@ template <typename T, int kC>
 void render_backward(const T* grad_colors, const T* grad_opacities, const T* grad_depths, const T* sigmas,
                      const T* rgbs, const T* t_starts, const T* t_ends, Rays rays, int64_t n, Channels<kC> channels,
                      T eps, T* __restrict grad_sigmas, T* __restrict grad_rgbs) {
+#ifdef __AVX512F__
+  if constexpr (std::is_same_v<T, float> && kC == 3)
+    return render_backward_rgb_avx512(grad_colors, grad_opacities, grad_depths, sigmas, rgbs, t_starts, t_ends,
+                                      rays, n, eps, grad_sigmas, grad_rgbs);
+#endif
   const int64_t c = channels();
   at::parallel_for(0, rays.n_rays, ray_grain(n, rays.n_rays), [&](int64_t begin, int64_t end) {
     std::vector<T> trans(1), survival;  // per-thread scratch: T_0..T_K and exp(-tau) of one ray
