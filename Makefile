@@ -6,7 +6,7 @@ STAMP := $(VENV)/.fastgen-installed
 NATIVE := CMakeLists.txt setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cuh')
 RESULTS := bench-results
 # benchmarks/bench_<suite>.py, each run by `make bench` under both allocator settings
-BENCH_SUITES := adain spectral_norm vq fid nerf models
+BENCH_SUITES := adain spectral_norm vq fid nerf gram models
 
 .PHONY: install test bench cuda-check info
 

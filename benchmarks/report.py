@@ -113,6 +113,11 @@ SUITES = (
               Check("feature_stats: relative error vs float64 <= {target}", {"op": "feature_stats"},
                     "rel_err", "<=", 1e-6),
           )),
+    Suite("gram", "gram_matrix float32, features [B, C, N]", ("gram_matrix",), ("bmm", "compile"), ("fastgen",), (
+        *(Check(f"{pass_} 8x256x4096: speedup vs bmm >= {{target}}",
+                {"op": "gram_matrix", "shape": [8, 256, 4096], "dtype": "float32", "pass": pass_}, "vs_bmm", ">=", 1.6)
+          for pass_ in ("fwd", "fwd+bwd")),
+    )),
     # No targets: what the kernels buy end to end, next to FASTGEN_BACKEND=ref.
     Suite("models", "one training step, batch 64", ("train_step",), ("ref",), ("fastgen",), ()),
     Suite("nerf", "NeRF float32: volume rendering, sample_pdf, training to a held-out PSNR",

@@ -26,6 +26,11 @@ TORCH_LIBRARY(fastgen_C, m) {
   m.def("vq_nearest_l2(Tensor z, Tensor codebook) -> (Tensor, Tensor)");
   m.def("vq_cluster_stats(Tensor z, Tensor indices, int codebook_size) -> (Tensor, Tensor)");
 
+  // Gram matrices (csrc/cpu/gram_matrix.cpp): G = F F^T [B, C, C] of features [B, C, N], unnormalized;
+  // the backward is (dG + dG^T) F.
+  m.def("gram_matrix_fwd(Tensor features) -> Tensor");
+  m.def("gram_matrix_bwd(Tensor grad_out, Tensor features) -> Tensor");
+
   m.def("cpu_cache_info() -> int[]", &fastgen::cpu_cache_info);
   m.def("cpu_cache_clear() -> ()", &fastgen::cpu_cache_clear);
   m.def("cpu_cache_set_limit(int megabytes) -> ()", &fastgen::cpu_cache_set_limit);

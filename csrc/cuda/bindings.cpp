@@ -1,5 +1,6 @@
 // CUDA implementations of the fastgen_C ops (schemas in csrc/registration.cpp): validate,
-// allocate outputs, and call the torch-free launchers in adain.cu, spectral_norm.cu and vq.cu.
+// allocate outputs, and call the torch-free launchers in adain.cu, spectral_norm.cu, vq.cu, the NeRF
+// kernels and gram_matrix.cu.
 #include <climits>
 #include <tuple>
 #include <type_traits>
@@ -569,4 +570,59 @@ TORCH_LIBRARY_IMPL(fastgen_C, CUDA, m) {
   m.impl("volume_render_weights_backward", TORCH_FN(volume_render_weights_backward_cuda_op));
   m.impl("volume_render", TORCH_FN(volume_render_cuda_op));
   m.impl("volume_render_backward", TORCH_FN(volume_render_backward_cuda_op));
+}
+
+// ---- Gram matrices (gram_matrix.cu): contiguous copies in, contiguous outputs ----
+#include "gram_matrix.cuh"
+
+namespace {
+
+void check_gram_features(const at::Tensor& features) {
+  TORCH_CHECK(features.is_cuda(), "gram_matrix: the CUDA kernels need CUDA tensors, got ", features.device());
+  TORCH_CHECK(features.scalar_type() == at::kFloat || features.scalar_type() == at::kDouble,
+              "gram_matrix: the CUDA kernels take float32 or float64, got ", features.scalar_type());
+  TORCH_CHECK(features.dim() == 3 && features.numel() > 0, "gram_matrix: features must be a non-empty [B, C, N], got ",
+              features.sizes());
+}
+
+void check_gram_launch(cudaError_t err) {
+  TORCH_CHECK(err == cudaSuccess, "gram_matrix: CUDA kernel launch failed: ", cudaGetErrorString(err));
+}
+
+at::Tensor gram_matrix_fwd_cuda_op(const at::Tensor& features) {
+  check_gram_features(features);
+  const c10::cuda::CUDAGuard guard(features.device());
+  const at::Tensor f = features.contiguous();
+  const int64_t b = f.size(0), c = f.size(1), n = f.size(2);
+  at::Tensor gram = at::empty({b, c, c}, f.options());
+  AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "gram_matrix_fwd", [&] {
+    check_gram_launch(fastgen::gram_matrix_forward_cuda<scalar_t>(
+        f.data_ptr<scalar_t>(), gram.data_ptr<scalar_t>(), b, c, n, at::cuda::getCurrentCUDAStream().stream()));
+  });
+  return gram;
+}
+
+at::Tensor gram_matrix_bwd_cuda_op(const at::Tensor& grad_out, const at::Tensor& features) {
+  check_gram_features(features);
+  const int64_t b = features.size(0), c = features.size(1), n = features.size(2);
+  TORCH_CHECK(grad_out.device() == features.device() && grad_out.scalar_type() == features.scalar_type() &&
+                  grad_out.sizes() == at::IntArrayRef({b, c, c}),
+              "gram_matrix: grad_out must be ", features.scalar_type(), " [", b, ", ", c, ", ", c, "] on ",
+              features.device(), ", got ", grad_out.scalar_type(), " ", grad_out.sizes(), " on ", grad_out.device());
+  const c10::cuda::CUDAGuard guard(features.device());
+  const at::Tensor g = grad_out.contiguous(), f = features.contiguous();
+  at::Tensor grad_features = at::empty({b, c, n}, f.options());
+  AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "gram_matrix_bwd", [&] {
+    check_gram_launch(fastgen::gram_matrix_backward_cuda<scalar_t>(
+        g.data_ptr<scalar_t>(), f.data_ptr<scalar_t>(), grad_features.data_ptr<scalar_t>(), b, c, n,
+        at::cuda::getCurrentCUDAStream().stream()));
+  });
+  return grad_features;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgen_C, CUDA, m) {
+  m.impl("gram_matrix_fwd", TORCH_FN(gram_matrix_fwd_cuda_op));
+  m.impl("gram_matrix_bwd", TORCH_FN(gram_matrix_bwd_cuda_op));
 }
