@@ -1,4 +1,4 @@
-"""fastgen's command line: ``fastgen info`` and ``fastgen fid`` (also ``python -m fastgen ...``)."""
+"""fastgen's command line: ``fastgen info``, ``fastgen fid`` and ``fastgen train`` (also ``python -m fastgen ...``)."""
 from __future__ import annotations
 
 import argparse
@@ -289,7 +289,64 @@ def _fid(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- fastgen train -----------------------------------------------------------------------------------
+
+TRAIN_DESCRIPTION = """\
+Train a reference model on data that needs no download, with a progress bar and the losses logged
+on stderr; writes OUT/samples.png (samples or reconstructions), OUT/checkpoint.pt (state_dicts, loads
+with torch.load(weights_only=True)) and OUT/log.json. --resume CKPT continues a run up to --steps in
+total. `fastgen train --list` lists the models; `fastgen train nerf --help` shows NeRF's own options."""
+
+
+def _train(argv: list[str]) -> int:
+    from fastgen.models import training
+
+    if argv[:1] == ["nerf"]:
+        parser = argparse.ArgumentParser(prog="fastgen train nerf", description="Train NeRF on the procedural scene.")
+        nerf.add_arguments(parser)
+        return nerf.run(parser.parse_args(argv[1:]))
+    parser = argparse.ArgumentParser(prog="fastgen train", description=TRAIN_DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", nargs="?", metavar="MODEL", help="the model to train (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the models and exit")
+    parser.add_argument("--steps", type=_int_at_least(1), metavar="N", help="updates in total (default: the model's)")
+    parser.add_argument("--batch-size", type=_int_at_least(1), metavar="B", help="examples per update (default: the "
+                        "model's)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the model, the batches and the noise (default 0)")
+    parser.add_argument("--out", metavar="DIR", help="where to write the outputs (default: runs/MODEL)")
+    parser.add_argument("--resume", metavar="CKPT", help="a checkpoint.pt of the same model to continue from")
+    parser.add_argument("--log-every", type=_int_at_least(1), metavar="N",
+                        help="steps between logged losses (default: a tenth of the run)")
+    args = parser.parse_args(argv)
+    specs = training.registered()
+    if args.list:
+        width = max(map(len, [*specs, "nerf"]))
+        for name, spec in specs.items():
+            print(f"{name:<{width}}  {spec.summary}")
+        print(f"{'nerf':<{width}}  NeRF on the procedural scene, dense or --accelerated (own options: "
+              "fastgen train nerf --help)")
+        return 0
+    try:
+        if args.model is None:
+            raise ValueError("give a MODEL (fastgen train --list shows them)")
+        spec = training.get_spec(args.model)
+        if args.resume is not None and not os.path.isfile(args.resume):
+            raise ValueError(f"--resume: {args.resume} is not a file")
+        out = args.out or os.path.join("runs", spec.name)
+        result = training.train(spec, steps=args.steps, batch_size=args.batch_size, seed=args.seed, out_dir=out,
+                                resume=args.resume, log_every=args.log_every)
+    except (OSError, ValueError) as error:
+        print(f"fastgen train: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    print(f"trained {spec.name} to step {result.steps} in {result.seconds:.1f}s: wrote {result.grid_path} and "
+          f"{result.checkpoint_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # its own parser: MODEL's options depend on MODEL (nerf has others)
+        return _train(argv[1:])
     parser = argparse.ArgumentParser(prog="fastgen", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     info_cmd = commands.add_parser("info", help="versions, backends per op, and why any is unavailable")
@@ -311,14 +368,13 @@ def main(argv: list[str] | None = None) -> int:
                          metavar="N", help="threads decoding images, 0 for none (default: %(default)s)")
     fid_cmd.add_argument("--save-stats", action="store_true",
                          help="write the statistics of the image folder PATH1 to PATH2 (.npz) instead of an FID")
-    train_cmd = commands.add_parser("train", help="train a reference model on data that needs no download")
-    models = train_cmd.add_subparsers(dest="model", required=True, metavar="MODEL")
-    nerf.add_arguments(models.add_parser("nerf", help="NeRF on the procedural scene (fastgen.data.scenes)"))
+    # Listed for `fastgen --help`; `fastgen train ...` is parsed by _train.
+    commands.add_parser("train", help="train a reference model on data that needs no download (--list)")
     args = parser.parse_args(argv)
     if args.command == "info":
         return _print_info(args.json)
     if args.command == "fid":
         return _fid(args)
     if args.command == "train":
-        return nerf.run(args)
+        return _train([])
     return 2

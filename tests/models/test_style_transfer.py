@@ -22,12 +22,12 @@ TORCHVISION_POOLS = [4, 9, 16, 23, 30]
 
 
 @pytest.fixture
-def hub_dir(tmp_path):
-    """torch hub's cache pointed at an empty temporary directory for the test."""
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path))
-    yield tmp_path
-    torch.hub.set_dir(old)
+def hub_dir(tmp_path, monkeypatch):
+    """torch hub's cache ($TORCH_HOME/hub) in an empty temporary directory for the test. Not
+    torch.hub.set_dir: it pins the directory for the rest of the process, TORCH_HOME included."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    (tmp_path / "hub").mkdir()
+    return tmp_path / "hub"
 
 
 def test_vgg16_layout_and_keys_match_torchvision():
