@@ -79,3 +79,22 @@ def test_training_on_digits_reconstructs_them_with_most_codes_in_use(digits, dec
     assert final_loss < MAX_LOSS_RATIO * initial_loss, report
     assert usage >= MIN_USAGE and recent_batch_usage >= MIN_USAGE, report
     assert all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point()), report
+
+
+def test_training_steps_match_between_the_fast_backends_and_the_reference(digits, monkeypatch):
+    """The quantizer's ops (vq_nearest, vq_cluster_stats) are the VQ-VAE's (and its prior's) hot path:
+    ten steps under FASTGEN_BACKEND=ref end with the weights the C++ kernels give."""
+    def run() -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = VQVAE(hidden=8, codebook_size=CODES)
+        optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+        for step in range(10):
+            train_step(model, optimizer, digits[64 * step:64 * (step + 1)])
+        return model.state_dict()
+
+    monkeypatch.delenv("FASTGEN_BACKEND", raising=False)
+    fast = run()
+    monkeypatch.setenv("FASTGEN_BACKEND", "ref")
+    reference = run()
+    for key, value in fast.items():
+        torch.testing.assert_close(value, reference[key], rtol=1e-4, atol=1e-5, msg=key)
