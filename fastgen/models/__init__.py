@@ -1,7 +1,9 @@
 """Reference models built on fastgen.nn: auto-encoders, the likelihood-based families (VAEs, PixelCNN,
-flows, VQ-VAE), SN-GAN and WGAN-GP at 32x32, neural style transfer, and NeRF. Importing a family registers its ``fastgen train`` models
+flows, VQ-VAE), the GAN families (SN-GAN, WGAN-GP, ProGAN, MSG-GAN, StyleGAN), neural style transfer,
+and NeRF. Importing a family registers its ``fastgen train`` models
 (:mod:`fastgen.models.training`)."""
-from fastgen.models import autoencoder, flows, nerf, pixelcnn, sngan, style_transfer, vae, vqvae, wgan_gp
+from fastgen.models import (autoencoder, flows, msggan, nerf, pixelcnn, progan, sngan, style_transfer, stylegan, vae,
+                            vqvae, wgan_gp)
 from fastgen.models.nerf import NeRF, NeRFConfig, psnr, render_rays, train_nerf
 from fastgen.models.sngan import Discriminator, Generator, apply_spectral_norm, d_hinge_loss, g_hinge_loss
 from fastgen.models.vqvae import VQVAE, digits_to_images
@@ -9,5 +11,5 @@ from fastgen.models.wgan_gp import Critic, critic_loss, generator_loss, gradient
 
 __all__ = ["Critic", "Discriminator", "Generator", "NeRF", "NeRFConfig", "VQVAE", "apply_spectral_norm",
            "autoencoder", "critic_loss", "d_hinge_loss", "digits_to_images", "flows", "g_hinge_loss",
-           "generator_loss", "gradient_penalty", "nerf", "pixelcnn", "psnr", "render_rays", "sngan",
-           "style_transfer", "train_nerf", "vae", "vqvae", "wgan_gp"]
+           "generator_loss", "gradient_penalty", "msggan", "nerf", "pixelcnn", "progan", "psnr", "render_rays",
+           "sngan", "style_transfer", "stylegan", "train_nerf", "vae", "vqvae", "wgan_gp"]
