@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from fastgen.models import progan
 from fastgen.models.progan import Discriminator, EqualizedConv2d, EqualizedLinear, Generator, ProGAN
-from fastgen.models.training import get_spec
 
 Z_DIM, WIDTH = 16, 16
 
@@ -149,16 +148,3 @@ def test_short_training_grows_with_finite_losses_and_moving_samples():
     grid = model.sample(5)
     assert grid.shape == (5, 1, 16, 16) and grid.abs().max() <= 1
 
-
-def test_registered_spec_builds_and_steps():
-    spec = get_spec("progan")
-    torch.manual_seed(0)
-    model = spec.build()
-    images, labels = spec.data(0)
-    assert images.shape == (1797, 1, 16, 16) and images.min() == -1 and images.max() == 1
-    losses = spec.step(model, spec.optimizers(model), (images[:8], labels[:8]), 0)
-    assert all(math.isfinite(v) for v in losses.values())
-    model.eval()
-    with torch.no_grad():
-        grid = spec.grid(model, (images[:8], labels[:8]))
-    assert grid.shape == (64, 1, 16, 16) and 0 <= grid.min() and grid.max() <= 1

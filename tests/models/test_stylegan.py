@@ -19,7 +19,6 @@ import torch
 
 from fastgen.models import stylegan
 from fastgen.models.stylegan import Generator, MappingNetwork, StyleGAN, mix_styles, r1_penalty
-from fastgen.models.training import get_spec
 from fastgen.nn import AdaIN
 
 DIM, WIDTH = 16, 16
@@ -178,16 +177,3 @@ def test_short_training_at_32x32_has_finite_losses_and_moving_samples():
         after = model.generator(z, noise_mode="zero")
     assert (after - before).abs().flatten(1).amax(dim=1).min() > 0.05
 
-
-def test_registered_spec_builds_and_steps():
-    spec = get_spec("stylegan")
-    torch.manual_seed(0)
-    model = spec.build()
-    images, labels = spec.data(0)
-    assert images.shape == (1797, 1, 32, 32)
-    losses = spec.step(model, spec.optimizers(model), (images[:4], labels[:4]), 0)
-    assert all(math.isfinite(v) for v in losses.values())
-    model.eval()
-    with torch.no_grad():
-        grid = spec.grid(model, (images[:4], labels[:4]))
-    assert grid.shape == (64, 1, 32, 32) and 0 <= grid.min() and grid.max() <= 1
