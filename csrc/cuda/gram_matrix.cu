@@ -28,6 +28,25 @@ __device__ void lower_tile(int64_t t, int64_t& i, int64_t& j) {
   j = t - i * (i + 1) / 2;
 }
 
+// acc[m][n] += sum over the staged kStep of A[kk][ty + 16 m] * B[kk][tx + 16 n]: one thread's 4 x 4
+// outputs of the tile product.
+template <typename T, int kWidthA, int kWidthB>
+__device__ __forceinline__ void accumulate_step(const T (&a_s)[kStep][kWidthA], const T (&b_s)[kStep][kWidthB],
+                                                int tx, int ty, T (&acc)[kPer][kPer]) {
+#pragma unroll
+  for (int kk = 0; kk < kStep; ++kk) {
+    T a[kPer], bv[kPer];
+#pragma unroll
+    for (int m = 0; m < kPer; ++m) a[m] = a_s[kk][ty + 16 * m];
+#pragma unroll
+    for (int n = 0; n < kPer; ++n) bv[n] = b_s[kk][tx + 16 * n];
+#pragma unroll
+    for (int m = 0; m < kPer; ++m)
+#pragma unroll
+      for (int n = 0; n < kPer; ++n) acc[m][n] += a[m] * bv[n];
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     gram_forward_kernel(const T* features, T* gram, int64_t B, int64_t C, int64_t N) {
@@ -49,18 +68,7 @@ __global__ void __launch_bounds__(kThreads)
         b_s[kk][r] = (col0 + r < C && k < N) ? f[(col0 + r) * N + k] : T(0);
       }
       __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < kStep; ++kk) {
-        T a[kPer], bv[kPer];
-#pragma unroll
-        for (int m = 0; m < kPer; ++m) a[m] = a_s[kk][ty + 16 * m];
-#pragma unroll
-        for (int n = 0; n < kPer; ++n) bv[n] = b_s[kk][tx + 16 * n];
-#pragma unroll
-        for (int m = 0; m < kPer; ++m)
-#pragma unroll
-          for (int n = 0; n < kPer; ++n) acc[m][n] += a[m] * bv[n];
-      }
+      accumulate_step(a_s, b_s, tx, ty, acc);
       __syncthreads();
     }
     T* g = gram + b * C * C;
@@ -108,18 +116,7 @@ __global__ void __launch_bounds__(kThreads)
         f_s[kk][r] = (k < C && col < N) ? f[k * N + col] : T(0);
       }
       __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < kStep; ++kk) {
-        T a[kPer], bv[kPer];
-#pragma unroll
-        for (int m = 0; m < kPer; ++m) a[m] = s_s[kk][ty + 16 * m];
-#pragma unroll
-        for (int n = 0; n < kPer; ++n) bv[n] = f_s[kk][tx + 16 * n];
-#pragma unroll
-        for (int m = 0; m < kPer; ++m)
-#pragma unroll
-          for (int n = 0; n < kPer; ++n) acc[m][n] += a[m] * bv[n];
-      }
+      accumulate_step(s_s, f_s, tx, ty, acc);
       __syncthreads();
     }
     T* df = grad_features + b * C * N;
