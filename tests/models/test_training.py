@@ -203,3 +203,16 @@ def test_cli_rejects_steps_below_one(capsys):
         main(["train", "vae", "--steps", "0"])
     assert exit_info.value.code == 2
     assert "argument --steps: expected an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+# style_transfer needs VGG16's ImageNet weights, which no test downloads: test_style_transfer.py
+# drives its spec with random weights.
+@pytest.mark.parametrize("name", sorted(set(registered()) - {"style_transfer"}))
+def test_every_model_trains_and_writes_its_grid_and_checkpoint(name, tmp_path, one_thread_module):
+    result = train(name, steps=2, batch_size=min(8, get_spec(name).batch_size), out_dir=tmp_path,
+                   stream=io.StringIO())
+    assert result.log[-1]["step"] == 2
+    assert all(np.isfinite(value) for entry in result.log for value in entry.values()), result.log
+    with Image.open(result.grid_path) as grid:
+        assert grid.size[0] > 8 and grid.mode in ("L", "RGB")
+    assert torch.load(result.checkpoint_path, weights_only=True)["step"] == 2
