@@ -5,7 +5,7 @@ import torch
 
 # load_digits' pixels are the integers 0..16.
 DIGITS_LEVELS = 16
-SIZES = (8, 16)
+NATIVE_SIZE = 8
 
 
 def load_digits_images(size: int = 8, value_range: tuple[float, float] = (0.0, 1.0),
@@ -13,10 +13,11 @@ def load_digits_images(size: int = 8, value_range: tuple[float, float] = (0.0, 1
     """(images float32 [1797, 1, size, size], labels int64 [1797]), shuffled by ``seed``.
 
     Pixels k / 16 are mapped linearly onto ``value_range`` (lo, hi): (0, 1) by default, (-1, 1) for
-    tanh generators. ``size`` 8 is native; 16 repeats each pixel 2x2 (exact, no interpolation).
+    tanh generators. ``size`` 8 is native; a multiple of 8 repeats each pixel (size / 8)^2 times
+    (exact nearest upsampling, no interpolation).
     """
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < NATIVE_SIZE or size % NATIVE_SIZE:
+        raise ValueError(f"size must be a multiple of {NATIVE_SIZE} (8 native, 16, 32, ...), got {size!r}")
     try:
         lo, hi = (float(v) for v in value_range)
     except (TypeError, ValueError):
@@ -30,7 +31,8 @@ def load_digits_images(size: int = 8, value_range: tuple[float, float] = (0.0, 1
     digits = load_digits()
     images = torch.as_tensor(digits.data, dtype=torch.float32).view(-1, 1, 8, 8) / DIGITS_LEVELS
     labels = torch.as_tensor(digits.target, dtype=torch.int64)
-    if size == 16:
-        images = images.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    factor = size // NATIVE_SIZE
+    if factor > 1:
+        images = images.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     return lo + (hi - lo) * images[order], labels[order]

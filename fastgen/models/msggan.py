@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastgen.models.progan import Discriminator, Generator, lrelu, digits_images, downsample, gan_optimizers
+from fastgen.data.digits import load_digits_images
+from fastgen.models.progan import Discriminator, Generator, downsample, gan_optimizers, lrelu
 from fastgen.models.training import TrainSpec, register
 
 
@@ -81,7 +82,7 @@ register(TrainSpec(
     summary="MSG-GAN (images at 4, 8, 16 all fed to D, non-saturating loss) on 16x16 digits in [-1, 1]; "
             "grid: samples",
     build=lambda: MSGGAN(),
-    data=lambda seed: digits_images(16, seed),
+    data=lambda seed: load_digits_images(size=16, value_range=(-1.0, 1.0), seed=seed),
     optimizers=gan_optimizers,
     step=lambda model, optimizers, batch, step: train_step(
         model, optimizers["generator"], optimizers["discriminator"], batch[0]),

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastgen.data.digits import load_digits_images
 from fastgen.models.training import TrainSpec, register
 
 
@@ -316,18 +317,6 @@ def train_step(model: ProGAN, opt_g: torch.optim.Optimizer, opt_d: torch.optim.O
             "gradient_penalty": gp.item(), "stage": float(stage), "alpha": alpha}
 
 
-def digits_images(resolution: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The digits in [-1, 1] at ``resolution`` (a multiple of 8), each pixel repeated (nearest upsampling)."""
-    # Imported on use, so that importing the models does not load scikit-learn.
-    from fastgen.data.digits import load_digits_images
-
-    if resolution % 8:
-        raise ValueError(f"resolution must be a multiple of 8, got {resolution}")
-    images, labels = load_digits_images(size=8, value_range=(-1.0, 1.0), seed=seed)
-    factor = resolution // 8
-    return images.repeat_interleave(factor, 2).repeat_interleave(factor, 3), labels
-
-
 def gan_optimizers(model: nn.Module, lr: float = 1e-3, betas: tuple[float, float] = (0.0, 0.99)) -> dict:
     """Adam for ``model.generator`` and ``model.discriminator`` (ProGAN's and StyleGAN's settings)."""
     return {"generator": torch.optim.Adam(model.generator.parameters(), lr=lr, betas=betas, eps=1e-8),
@@ -339,7 +328,7 @@ register(TrainSpec(
     summary="ProGAN (progressive growing 4->8->16, 300 steps per phase, WGAN-GP + drift) on 16x16 digits in "
             "[-1, 1]; grid: samples at the stage reached",
     build=lambda: ProGAN(),
-    data=lambda seed: digits_images(16, seed),
+    data=lambda seed: load_digits_images(size=16, value_range=(-1.0, 1.0), seed=seed),
     optimizers=gan_optimizers,
     step=lambda model, optimizers, batch, step: train_step(
         model, optimizers["generator"], optimizers["discriminator"], batch[0], step),

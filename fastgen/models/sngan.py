@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastgen.nn
-from fastgen.models.progan import digits_images
+from fastgen.data.digits import load_digits_images
 from fastgen.models.training import TrainSpec, register
 
 SpectralNorm = Callable[[nn.Module], nn.Module]
@@ -152,7 +152,7 @@ register(TrainSpec(
     summary="SN-GAN (hinge loss, spectrally normalized D, Adam 2e-4, betas (0.5, 0.999)) on digits upsampled "
             "to 32x32 in [-1, 1], one channel; grid: samples",
     build=lambda: generator_and_discriminator(Discriminator(channels=1)),
-    data=lambda seed: digits_images(32, seed),
+    data=lambda seed: load_digits_images(size=32, value_range=(-1.0, 1.0), seed=seed),
     optimizers=lambda model: adam_pair(model, 2e-4, (0.5, 0.999)),
     step=lambda model, opts, batch, step: train_step(
         model["generator"], model["discriminator"], opts["generator"], opts["discriminator"], batch[0],

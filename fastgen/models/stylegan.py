@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastgen.data.digits import load_digits_images
 from fastgen.models.progan import (
     Discriminator,
     check_latent,
     EqualizedConv2d,
     EqualizedLinear,
     stages_for_resolution,
-    digits_images,
     gan_optimizers,
     lrelu,
     pixel_norm,
@@ -225,7 +225,7 @@ register(TrainSpec(
     summary="StyleGAN (mapping net, AdaIN, noise, style mixing, R1) at 32x32 on digits upsampled to 32x32 in "
             "[-1, 1]; grid: samples (psi = 1)",
     build=lambda: StyleGAN(),
-    data=lambda seed: digits_images(32, seed),
+    data=lambda seed: load_digits_images(size=32, value_range=(-1.0, 1.0), seed=seed),
     optimizers=gan_optimizers,
     step=lambda model, optimizers, batch, step: train_step(
         model, optimizers["generator"], optimizers["discriminator"], batch[0]),

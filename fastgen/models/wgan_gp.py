@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from fastgen.models.progan import digits_images
+from fastgen.data.digits import load_digits_images
 from fastgen.models.sngan import Generator, SpectralNorm, adam_pair, apply_spectral_norm, generator_and_discriminator, \
     sample_grid
 from fastgen.models.training import TrainSpec, register
@@ -103,7 +103,7 @@ register(TrainSpec(
     summary="WGAN-GP (5 critic updates per generator update, penalty 10, Adam 1e-4, betas (0, 0.9)) on digits "
             "upsampled to 32x32 in [-1, 1], one channel; grid: samples",
     build=lambda: generator_and_discriminator(Critic(channels=1)),
-    data=lambda seed: digits_images(32, seed),
+    data=lambda seed: load_digits_images(size=32, value_range=(-1.0, 1.0), seed=seed),
     optimizers=lambda model: adam_pair(model, 1e-4, (0.0, 0.9)),
     step=lambda model, opts, batch, step: train_step(
         model["generator"], model["discriminator"], opts["generator"], opts["discriminator"], batch[0],

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastgen.data import load_digits_images
 from fastgen.models import msggan
 from fastgen.models.msggan import MSGGAN, MultiScaleDiscriminator, pyramid
 
@@ -63,7 +64,7 @@ def test_wrong_scales_are_a_value_error(shapes):
 def test_short_training_has_finite_losses_and_moving_samples():
     model = small_model()
     opts = msggan.gan_optimizers(model)
-    real, _ = msggan.digits_images(16, seed=0)
+    real, _ = load_digits_images(size=16, value_range=(-1.0, 1.0), seed=0)
     z = torch.randn(8, Z_DIM)
     with torch.no_grad():
         before = model.generator(z)

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastgen.data import load_digits_images
 from fastgen.models import progan
 from fastgen.models.progan import Discriminator, EqualizedConv2d, EqualizedLinear, Generator, ProGAN
 
@@ -130,7 +131,7 @@ def test_short_training_grows_with_finite_losses_and_moving_samples():
     torch.manual_seed(0)
     model = ProGAN(z_dim=Z_DIM, max_width=WIDTH, phase_steps=2)
     opts = progan.gan_optimizers(model)
-    real, _ = progan.digits_images(16, seed=0)
+    real, _ = load_digits_images(size=16, value_range=(-1.0, 1.0), seed=0)
     z = torch.randn(8, Z_DIM)
     with torch.no_grad():
         before = model.generator(z)

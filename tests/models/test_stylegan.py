@@ -17,6 +17,7 @@ import math
 import pytest
 import torch
 
+from fastgen.data import load_digits_images
 from fastgen.models import stylegan
 from fastgen.models.stylegan import Generator, MappingNetwork, StyleGAN, mix_styles, r1_penalty
 from fastgen.nn import AdaIN
@@ -161,7 +162,7 @@ def test_short_training_at_32x32_has_finite_losses_and_moving_samples():
     torch.manual_seed(0)
     model = StyleGAN(DIM, DIM, 32, WIDTH)
     opts = stylegan.gan_optimizers(model)
-    real, _ = stylegan.digits_images(32, seed=0)
+    real, _ = load_digits_images(size=32, value_range=(-1.0, 1.0), seed=0)
     z = torch.randn(4, DIM)
     model.eval()
     with torch.no_grad():
