@@ -22,6 +22,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../sample_pdf_checks.h"
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -261,16 +263,7 @@ void sample_rays(const at::Tensor& bins, const at::Tensor& weights, const at::Te
 
 at::Tensor sample_pdf(const at::Tensor& bins, const at::Tensor& weights, const std::optional<at::Tensor>& u,
                       int64_t n_samples) {
-  TORCH_CHECK(weights.dim() == 2 && weights.size(1) >= 1, "sample_pdf: weights must be [R, S] with S >= 1, got ",
-              weights.sizes());
-  const int64_t rays = weights.size(0), s = weights.size(1);
-  TORCH_CHECK(bins.dim() == 2 && bins.size(0) == rays && bins.size(1) == s + 1,
-              "sample_pdf: bins must be [R, S + 1] = [", rays, ", ", s + 1, "], got ", bins.sizes());
-  TORCH_CHECK(weights.scalar_type() == at::kFloat || weights.scalar_type() == at::kDouble,
-              "sample_pdf: the CPU kernel takes float32 or float64, got ", weights.scalar_type());
-  TORCH_CHECK(bins.scalar_type() == weights.scalar_type(), "sample_pdf: bins must have weights' dtype (",
-              weights.scalar_type(), "), got ", bins.scalar_type());
-  TORCH_CHECK(n_samples >= 1, "sample_pdf: n_samples must be >= 1, got ", n_samples);
+  const int64_t rays = weights.size(0), s = check_sample_pdf_inputs(bins, weights, n_samples, "CPU");
   TORCH_CHECK(s < INT32_MAX, "sample_pdf: S must fit in int32, got ", s);
   at::Tensor u_rows;
   if (u.has_value()) {

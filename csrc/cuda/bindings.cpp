@@ -384,6 +384,7 @@ TORCH_LIBRARY_IMPL(fastgen_C, CUDA, m) {
 
 #include <optional>
 
+#include "../sample_pdf_checks.h"
 #include "sample_pdf.cuh"
 
 namespace {
@@ -393,16 +394,7 @@ at::Tensor sample_pdf_cuda_op(const at::Tensor& bins, const at::Tensor& weights,
   TORCH_CHECK(weights.is_cuda() && bins.is_cuda() && bins.device() == weights.device(),
               "sample_pdf: the CUDA kernel needs bins and weights on one CUDA device, got ", bins.device(), " and ",
               weights.device());
-  TORCH_CHECK(weights.dim() == 2 && weights.size(1) >= 1, "sample_pdf: weights must be [R, S] with S >= 1, got ",
-              weights.sizes());
-  const int64_t rays = weights.size(0), s = weights.size(1);
-  TORCH_CHECK(bins.dim() == 2 && bins.size(0) == rays && bins.size(1) == s + 1,
-              "sample_pdf: bins must be [R, S + 1] = [", rays, ", ", s + 1, "], got ", bins.sizes());
-  TORCH_CHECK(weights.scalar_type() == at::kFloat || weights.scalar_type() == at::kDouble,
-              "sample_pdf: the CUDA kernel takes float32 or float64, got ", weights.scalar_type());
-  TORCH_CHECK(bins.scalar_type() == weights.scalar_type(), "sample_pdf: bins must have weights' dtype (",
-              weights.scalar_type(), "), got ", bins.scalar_type());
-  TORCH_CHECK(n_samples >= 1, "sample_pdf: n_samples must be >= 1, got ", n_samples);
+  const int64_t rays = weights.size(0), s = fastgen::check_sample_pdf_inputs(bins, weights, n_samples, "CUDA");
   const c10::cuda::CUDAGuard guard(weights.device());
   at::Tensor u_rows;
   if (u.has_value()) {
