@@ -76,11 +76,11 @@ def expected_state_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/metrics/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def model(one_thread) -> InceptionV3FID:
+def model(one_thread_module) -> InceptionV3FID:
     torch.manual_seed(0)
     return InceptionV3FID()
 

@@ -13,7 +13,7 @@ from fastgen.metrics.inception import InceptionV3FID
 from fastgen.metrics.inception_score import inception_score, inception_score_from_images
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/metrics/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # see tests/conftest.py
 
 
 def numpy_inception_score(probs: np.ndarray, splits: int) -> tuple[float, float]:

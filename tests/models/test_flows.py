@@ -52,14 +52,7 @@ def digits() -> torch.Tensor:
     return torch.as_tensor(load_digits().data, dtype=torch.float32).view(-1, 1, 8, 8) / 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Every op here is tiny: a second thread costs more in synchronization than it saves, and makes
-    the run time erratic when other work shares the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ready(module: torch.nn.Module, x: torch.Tensor, seed: int = 0) -> torch.nn.Module:

@@ -25,16 +25,6 @@ from fastgen.models.nerf import (AcceleratedConfig, AcceleratedRenderer, NeRF, N
 TINY = NeRFConfig(depth=3, width=16, skips=(0,), pos_freqs=3, dir_freqs=2, color_width=8, n_coarse=8, n_fine=6)
 
 
-@pytest.fixture
-def one_thread():
-    """The MLP is small: a second thread costs more in synchronization than it saves, and makes the
-    run time erratic when the other pytest worker shares the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- positional encoding and the MLP --------------------------------------------------------
 
 

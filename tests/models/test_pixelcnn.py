@@ -37,14 +37,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.tensor(data.target, dtype=torch.int64)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The convolutions are tiny: a second thread costs more in synchronization than it saves, and
-    makes the run time erratic (10x here) when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def small_prior() -> PixelCNN:

@@ -36,15 +36,6 @@ def digits() -> torch.Tensor:
     return torch.tensor(load_digits().data / 16, dtype=torch.float32).view(-1, 1, 8, 8)
 
 
-@pytest.fixture
-def one_thread():
-    """The MLPs are tiny: a second thread costs more in synchronization than it saves."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_vae_shapes(digits):
     torch.manual_seed(0)
     model = VAE(latent_dim=3, hidden=16)

@@ -27,16 +27,6 @@ def digits() -> torch.Tensor:
     return digits_to_images(load_digits().data)
 
 
-@pytest.fixture
-def one_thread():
-    """The convolutions are tiny: a second thread costs more in synchronization than it saves,
-    and makes the run time erratic when the other pytest worker shares the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def evaluate(model: VQVAE, images: torch.Tensor) -> tuple[float, float]:
     """Reconstruction MSE and the fraction of codes used, over all images, in eval mode."""
     model.eval()
