@@ -95,6 +95,10 @@ def test_spectral_norm_defaults_to_fastgens():
 
 @pytest.mark.parametrize("model", [Discriminator, Critic])
 def test_normalized_weights_have_unit_largest_singular_value(model):
+    # Seeded: 200 power iterations converge to 1e-6 for seeds 0-9, but an unseeded draw (whatever the
+    # tests before it in the worker left in the RNG) once gave a layer a spectral gap small enough to
+    # stop at 3.5e-4.
+    torch.manual_seed(0)
     # Enough power iterations in one training-mode forward for sigma to converge.
     D = model(base=BASE, use_spectral_norm=True, spectral_norm=functools.partial(SN, n_power_iterations=200))
     with torch.no_grad():
