@@ -31,6 +31,10 @@ TORCH_LIBRARY(fastgen_C, m) {
   m.def("gram_matrix_fwd(Tensor features) -> Tensor");
   m.def("gram_matrix_bwd(Tensor grad_out, Tensor features) -> Tensor");
 
+  // FID (csrc/cpu/symmetrize.cpp): (A + A^T) / 2 of [..., n, n] and its check's
+  // stats [..., 2] = (max |A - A^T|, max |(A + A^T) / 2|), in one pass.
+  m.def("symmetrize_checked(Tensor a) -> (Tensor, Tensor)");
+
   m.def("cpu_cache_info() -> int[]", &fastgen::cpu_cache_info);
   m.def("cpu_cache_clear() -> ()", &fastgen::cpu_cache_clear);
   m.def("cpu_cache_set_limit(int megabytes) -> ()", &fastgen::cpu_cache_set_limit);

@@ -8,9 +8,9 @@ import torch
 
 import fastgen
 from fastgen.ops import BackendUnavailableError
-from fastgen.ops.fid import SQRTM_EIGH, SQRTM_NEWTON_SCHULZ, TRACE_SQRT_PRODUCT
+from fastgen.ops.fid import SQRTM_EIGH, SQRTM_NEWTON_SCHULZ, SYMMETRIZE_CHECKED, TRACE_SQRT_PRODUCT
 from fastgen.ops.fid.cholesky import lower_congruence
-from fastgen.ops.fid.reference import trace_sqrt_product_ref
+from fastgen.ops.fid.reference import symmetrize_checked_ref, trace_sqrt_product_ref
 from fastgen.testing import backends_for
 
 # Relative tolerances per dtype for these dense factorizations (conditioning ~1e2 test matrices).
@@ -146,6 +146,39 @@ def test_trace_sqrt_product_gradcheck_float64(backend):
         (a.requires_grad_(), b.requires_grad_()))
 
 
+SYMMETRIZE_BACKENDS = backends_for(SYMMETRIZE_CHECKED)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(1, 1), (31, 31), (33, 33), (2, 3, 70, 70)])
+@pytest.mark.parametrize("backend", SYMMETRIZE_BACKENDS)
+def test_symmetrize_checked_matches_formula(backend, shape, dtype):
+    a = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(shape[-1]))
+    for x in (a, a.mT):  # a transposed view is not contiguous
+        sym, maxima = SYMMETRIZE_CHECKED.call(x, impl=backend)
+        assert sym.shape == x.shape and maxima.shape == (*x.shape[:-2], 2)
+        assert torch.equal(sym, (x + x.mT) / 2)  # one rounding either way: bit equal
+        assert torch.equal(maxima[..., 0], (x - x.mT).abs().amax((-2, -1)))
+        assert torch.equal(maxima[..., 1], ((x + x.mT) / 2).abs().amax((-2, -1)))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("backend", SYMMETRIZE_BACKENDS)
+def test_symmetrize_checked_flags_nan_and_inf(backend, bad):
+    a = torch.randn(3, 40, 40, dtype=torch.float64)
+    a[1, 35, 2] = bad
+    maxima = SYMMETRIZE_CHECKED.call(a, impl=backend)[1]
+    assert maxima[1].isnan().all() and maxima[[0, 2]].isfinite().all()
+
+
+def test_symmetrize_checked_gradcheck_and_compile():
+    a = torch.randn(2, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: SYMMETRIZE_CHECKED.call(x)[0], (a,))
+    compiled = torch.compile(lambda x: SYMMETRIZE_CHECKED.call(x), fullgraph=True)(a.detach())
+    for got, want in zip(compiled, symmetrize_checked_ref(a.detach())):
+        assert torch.equal(got, want)
+
+
 def test_opcheck():
     a, b = spd(6, seed=60), spd(6, seed=61)
     for backend in backends_for(SQRTM_EIGH):
@@ -155,6 +188,8 @@ def test_opcheck():
     for backend in TRACE_BACKENDS:
         torch.library.opcheck(TRACE_SQRT_PRODUCT.op, (a.clone().requires_grad_(), b.clone().requires_grad_(),
                                                       backend))
+    for backend in SYMMETRIZE_BACKENDS:
+        torch.library.opcheck(SYMMETRIZE_CHECKED.op, (general(7).requires_grad_(), backend))
     x = fastgen.ops.sqrtm(a)
     torch.library.opcheck(torch.ops.fastgen.sqrtm_backward.default, (torch.randn(6, 6, dtype=torch.float64), x))
     torch.library.opcheck(torch.ops.fastgen.trace_sqrt_product_backward.default,

@@ -1,5 +1,6 @@
 """Matrix square roots for FID: ``fastgen::sqrtm_eigh``, ``fastgen::sqrtm_newton_schulz`` and
-``fastgen::trace_sqrt_product``, each with a backward op."""
+``fastgen::trace_sqrt_product``, each with a backward op; and ``fastgen::symmetrize_checked``, the
+one-pass symmetrization and symmetry check of their inputs."""
 from __future__ import annotations
 
 import math
@@ -7,12 +8,12 @@ import math
 import torch
 
 from fastgen.ops import _checks as checks
-from fastgen.ops._library import Backend, OpSpec, define, only_dtypes, triton_backend
+from fastgen.ops._library import Backend, OpSpec, cpp_backend, define, only_dtypes, triton_backend
 from fastgen.ops.fid.reference import (
     sqrtm_backward_ref,
     sqrtm_eigh_ref,
     sqrtm_newton_schulz_ref,
-    symmetrize,
+    symmetrize_checked_ref,
     trace_sqrt_product_backward_ref,
     trace_sqrt_product_ref,
 )
@@ -54,6 +55,16 @@ SQRTM_NEWTON_SCHULZ = define(OpSpec(
         reference=sqrtm_backward_ref,
         fake=lambda grad_x, x: _contiguous_like(x),
     ),
+))
+
+
+SYMMETRIZE_CHECKED = define(OpSpec(
+    name="symmetrize_checked",
+    schema="(Tensor a) -> (Tensor, Tensor)",
+    reference=symmetrize_checked_ref,
+    fake=lambda a: (_contiguous_like(a), a.new_empty((*a.shape[:-2], 2))),
+    backends=(cpp_backend("symmetrize_checked", only_dtypes(torch.float32, torch.float64)),),
+    no_grad_outputs=(1,),  # the maxima of the check
 ))
 
 
@@ -122,36 +133,17 @@ def _check_symmetric(name: str, a: torch.Tensor) -> None:
         raise _asymmetry_error(name, rel, a.dtype)
 
 
-# Tiles of the one-pass symmetrization: a tile and its mirror (2 x 512 KiB in float64) stay in cache.
-_TILE = 256
-
-
 def _symmetrized(name: str, a: torch.Tensor) -> torch.Tensor:
-    """(a + a^T) / 2, after checking that a is symmetric to sqrt(eps) of its dtype.
-
-    Without autograd, a single matrix is done tile by tile: each tile is read once with its mirror
-    (a plain a + a^T, and the check's a - a^T, each read a through a transposed view: cache misses
-    on every element, ~40 ms a pass at 2048 x 2048 float64).
-    """
-    if torch.compiler.is_compiling() or a.requires_grad or a.dim() != 2:
-        _check_symmetric(name, a)
-        return symmetrize(a)
-    n = a.shape[-1]
-    out = torch.empty_like(a, memory_format=torch.contiguous_format)
-    worst_difference, largest = a.new_zeros(()), a.new_zeros(())
-    for i0 in range(0, n, _TILE):
-        i1 = min(n, i0 + _TILE)
-        for j0 in range(0, i1, _TILE):
-            j1 = min(n, j0 + _TILE)
-            lower, upper = a[i0:i1, j0:j1], a[j0:j1, i0:i1].mT
-            tile = (lower + upper) / 2
-            out[i0:i1, j0:j1] = tile
-            out[j0:j1, i0:i1] = tile.mT
-            worst_difference = torch.maximum(worst_difference, (lower - upper).abs().max())
-            largest = torch.maximum(largest, tile.abs().max())
-    # max|a| >= max|(a + a^T)/2|: scaling by the latter is the stricter test, and equal for symmetric a.
-    if float(largest) > 0 and (rel := float(worst_difference) / float(largest)) > symmetry_tolerance(a.dtype):
-        raise _asymmetry_error(name, rel, a.dtype)
+    """(a + a^T) / 2, after checking that a is symmetric to sqrt(eps) of its dtype (per matrix:
+    max|a - a^T| / max|(a + a^T) / 2|; the latter is at most max|a|, so this is the stricter test,
+    and equal for symmetric a)."""
+    out, maxima = SYMMETRIZE_CHECKED.call(a)
+    if torch.compiler.is_compiling():
+        return out
+    difference, largest = maxima.detach().reshape(-1, 2).unbind(-1)
+    relative = torch.where(largest > 0, difference / largest.clamp_min(torch.finfo(a.dtype).tiny), difference)
+    if not (worst := float(relative.max())) <= symmetry_tolerance(a.dtype):  # NaN fails too
+        raise _asymmetry_error(name, worst, a.dtype)
     return out
 
 

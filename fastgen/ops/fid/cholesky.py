@@ -24,16 +24,17 @@ _BLOCK = 256
 
 
 def lower_congruence(lower: torch.Tensor, b: torch.Tensor, block: int = _BLOCK) -> torch.Tensor:
-    """L^T B L for lower-triangular L and symmetric B, correct on and below the diagonal (the rest
-    is 0 or, inside diagonal blocks, the symmetric entries: read it with UPLO="L")."""
+    """L^T B L for lower-triangular L and symmetric B, correct on and below the diagonal (above it:
+    the symmetric entries inside diagonal blocks, garbage elsewhere: read it with UPLO="L")."""
     n = lower.shape[-1]
     # D = (B L)^T = L^T B; row block j of L^T is zero left of column j.
     d = torch.empty_like(b)
     for j0 in range(0, n, block):
         j1 = min(n, j0 + block)
         torch.mm(lower[j0:, j0:j1].mT, b[j0:], out=d[j0:j1])
-    # M[i-block, :i1] = L[:, i-block]^T (B L)[:, :i1]; L[:, i-block] is zero above row i0.
-    m = torch.zeros_like(b)
+    # M[i-block, :i1] = L[:, i-block]^T (B L)[:, :i1]; L[:, i-block] is zero above row i0. The
+    # strict upper triangle outside the diagonal blocks is never written: UPLO="L" never reads it.
+    m = torch.empty_like(b)
     for i0 in range(0, n, block):
         i1 = min(n, i0 + block)
         m[i0:i1, :i1] = lower[i0:, i0:i1].mT @ d[:i1, i0:].mT

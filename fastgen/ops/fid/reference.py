@@ -8,6 +8,7 @@
   |X X - A|_F / |A|_F per matrix.
 * ``sqrtm_backward_ref``: the gradient of both: for X = A^1/2, dA = Y with X^T Y + Y X^T = dX,
   solved in X's eigenbasis.
+* ``symmetrize_checked_ref``: (A + A^T) / 2 and the maxima its symmetry check needs.
 * ``trace_sqrt_product_ref``: tr((AB)^1/2) for symmetric PSD A and B as the nuclear norm of
   A^1/2 B^1/2, with eigenvalues of A and B below zero from rounding clamped.
 
@@ -20,6 +21,15 @@ import torch
 
 def symmetrize(a: torch.Tensor) -> torch.Tensor:
     return (a + a.mT) / 2
+
+
+def symmetrize_checked_ref(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """((A + A^T) / 2, [..., 2] = (max |A - A^T|, max |(A + A^T) / 2|)): what checking that A is
+    symmetric needs; NaN maxima when A holds a NaN or Inf."""
+    sym = symmetrize(a)
+    poison = (a * 0).sum((-2, -1))  # NaN exactly when some entry is NaN or Inf
+    stats = torch.stack([(a - a.mT).abs().amax((-2, -1)), sym.abs().amax((-2, -1))], -1)
+    return sym, stats + poison.unsqueeze(-1)
 
 
 def sqrtm_eigh_ref(a: torch.Tensor) -> torch.Tensor:
