@@ -148,7 +148,9 @@ class FeatureStats:
             raise ValueError(f"features must be [batch, {self.dim}], got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"features must be a floating-point array, got {x.dtype}")
-        if x.shape[0] and not math.isfinite(float(x.sum(dtype=torch.float64))):
+        # A sum in the features' own dtype propagates NaN and Inf in one fast pass; the elementwise
+        # test runs only when it is not finite (finite values can overflow it).
+        if x.shape[0] and not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
             raise ValueError("features contain NaN or Inf")
         product_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         if self._pending is None:
@@ -191,15 +193,21 @@ class FeatureStats:
             self._fold_pending()
 
     # -- canonical form: count, mean, and M2 = sum (x - mean)(x - mean)^T --------------------------
-    def _moments(self) -> tuple[int, torch.Tensor, torch.Tensor]:
+    def _mean(self) -> tuple[int, torch.Tensor]:
         self._flush()
-        if self._folded_count == 0:
-            zero = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
-            return 0, zero, torch.zeros(self.dim, self.dim, dtype=torch.float64, device=self.device)
-        outer = self._outer.tril() + self._outer.tril(-1).mT
         n = self._folded_count
+        if n == 0:
+            return 0, torch.zeros(self.dim, dtype=torch.float64, device=self.device)
+        return n, self._shift + self._sum / n
+
+    def _moments(self) -> tuple[int, torch.Tensor, torch.Tensor]:
+        n, mean = self._mean()
+        if n == 0:
+            return 0, mean, torch.zeros(self.dim, self.dim, dtype=torch.float64, device=self.device)
         mean_offset = self._sum / n
-        return n, self._shift + mean_offset, outer - n * torch.outer(mean_offset, mean_offset)
+        outer = self._outer.tril()
+        outer += outer.tril(-1).mT
+        return n, mean, outer.sub_(torch.outer(mean_offset, mean_offset), alpha=n)
 
     def _set_moments(self, count: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
         self._folded_count = count
@@ -247,7 +255,7 @@ class FeatureStats:
     @property
     def mean(self) -> torch.Tensor:
         """The mean [dim], float64."""
-        n, mean, _ = self._moments()
+        n, mean = self._mean()
         if n == 0:
             raise ValueError("FeatureStats has no samples yet")
         return mean
@@ -255,14 +263,18 @@ class FeatureStats:
     @property
     def covariance(self) -> torch.Tensor:
         """The unbiased covariance [dim, dim] (divided by count - 1, as np.cov), float64."""
-        n, _, m2 = self._moments()
+        return self._mean_and_covariance()[1]
+
+    def _mean_and_covariance(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n, mean, m2 = self._moments()
         if n < 2:
             raise ValueError(f"the covariance needs at least 2 samples, got {n}")
-        return m2 / (n - 1)
+        return mean, m2.div_(n - 1)
 
     def compute(self) -> tuple[np.ndarray, np.ndarray]:
         """(mu, sigma) as float64 numpy arrays, pytorch-fid's statistics."""
-        return self.mean.cpu().numpy(), self.covariance.cpu().numpy()
+        mean, covariance = self._mean_and_covariance()
+        return mean.cpu().numpy(), covariance.cpu().numpy()
 
     def save(self, path: str | os.PathLike) -> None:
         """pytorch-fid compatible ``.npz`` (mu, sigma) plus the sample count."""

@@ -1,9 +1,11 @@
-"""tr((AB)^1/2) through a Cholesky factor: the fast exact path (BLAS and LAPACK through torch).
+"""tr((AB)^1/2) through a Cholesky factor: the fast exact path (BLAS and LAPACK of torch and numpy).
 
 For A = L L^T (positive definite), AB = L (L^T B L) L^-1, so AB has the eigenvalues of the
 symmetric M = L^T B L, and tr((AB)^1/2) = sum sqrt(eig(M)): one Cholesky (n^3/3 flops), the
 congruence L^T B L in blocks that skip L's zero triangle (4n^3/3 flops instead of 4n^3), and an
-eigenvalue-only symmetric solve. The general formulas cost far more: scipy's sqrtm a Schur
+eigenvalue-only symmetric solve (numpy's LAPACK: at d = 2048 its
+tridiagonalization took 310-340 ms where torch's took 355-380, with outliers up to 520; measured
+alternating the two, 10 calls each). The general formulas cost far more: scipy's sqrtm a Schur
 decomposition of AB, eigvals(AB) a nonsymmetric Hessenberg QR, and the eigh formula a full
 eigendecomposition of A.
 
@@ -14,6 +16,7 @@ the reference runs instead: a nuclear norm, accurate there. The diagnostics say 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fastgen.ops.fid.reference import diagnostics, trace_sqrt_product_ref
@@ -49,7 +52,7 @@ def trace_sqrt_product_cholesky(a: torch.Tensor, b: torch.Tensor) -> tuple[torch
     lower, info = torch.linalg.cholesky_ex(a)
     if int(info) != 0:
         return trace_sqrt_product_ref(a, b)
-    eigenvalues = torch.linalg.eigvalsh(lower_congruence(lower, b), UPLO="L")
+    eigenvalues = torch.from_numpy(np.linalg.eigvalsh(lower_congruence(lower, b).numpy(), UPLO="L"))
     if float(eigenvalues.min()) <= 0:
         return trace_sqrt_product_ref(a, b)
     return eigenvalues.clamp_min(0).sqrt().sum(-1), diagnostics(eigenvalues, fallback=False)
