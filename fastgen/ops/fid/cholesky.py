@@ -3,11 +3,14 @@
 For A = L L^T (positive definite), AB = L (L^T B L) L^-1, so AB has the eigenvalues of the
 symmetric M = L^T B L, and tr((AB)^1/2) = sum sqrt(eig(M)): one Cholesky (n^3/3 flops), the
 congruence L^T B L in blocks that skip L's zero triangle (4n^3/3 flops instead of 4n^3), and an
-eigenvalue-only symmetric solve (numpy's LAPACK: at d = 2048 its
-tridiagonalization took 310-340 ms where torch's took 355-380, with outliers up to 520; measured
-alternating the two, 10 calls each). The general formulas cost far more: scipy's sqrtm a Schur
+eigenvalue-only symmetric solve. The general formulas cost far more: scipy's sqrtm a Schur
 decomposition of AB, eigvals(AB) a nonsymmetric Hessenberg QR, and the eigh formula a full
 eigendecomposition of A.
+
+The congruence and the eigenvalue solve run in numpy's BLAS and LAPACK (OpenBLAS), not torch's
+(MKL), which on this project's AMD CPUs is slower for both: at d = 2048 a float64 product took
+~30% longer, and the solve 355-380 ms against 310-340 (outliers to 520 against 400; alternating
+the two, 10 calls each). The Cholesky stays in torch: numpy's copies its input twice.
 
 The square root of an eigenvalue near 0 amplifies its rounding error (about eps |M|) to
 sqrt(eps |M|). A singular B gives M eigenvalues that are pure rounding, some of them negative; so
@@ -28,10 +31,7 @@ _BLOCK = 256
 
 def lower_congruence(lower: torch.Tensor, b: torch.Tensor, block: int = _BLOCK) -> torch.Tensor:
     """L^T B L for lower-triangular L and symmetric B, correct on and below the diagonal (above it:
-    the symmetric entries inside diagonal blocks, garbage elsewhere: read it with UPLO="L").
-
-    The products run in numpy's BLAS (OpenBLAS): on this project's AMD CPUs torch's (MKL) took
-    ~30% longer for float64 products of this size."""
+    the symmetric entries inside diagonal blocks, garbage elsewhere: read it with UPLO="L")."""
     lower_np, b_np = lower.numpy(), b.numpy()
     n = lower.shape[-1]
     # D = (B L)^T = L^T B; row block j of L^T is zero left of column j.
