@@ -243,6 +243,11 @@ def test_env_forces_reference(monkeypatch):
      RuntimeError, "did not converge"),
     (lambda: fastgen.ops.trace_sqrt_product(spd(3), spd(4)), ValueError, "same shape"),
     (lambda: fastgen.ops.trace_sqrt_product(spd(3), general(3)), ValueError, "b must be symmetric"),
+    (lambda: fastgen.ops.trace_sqrt_product(spd(3), spd(3).index_put_((torch.tensor(1), torch.tensor(2)),
+                                                                     torch.tensor(float("inf"), dtype=torch.float64))),
+     ValueError, "b contains NaN or Inf"),
+    (lambda: fastgen.ops.trace_sqrt_product(torch.full((3, 3), float("nan"), dtype=torch.float64), spd(3)),
+     ValueError, "a contains NaN or Inf"),
     (lambda: fastgen.ops.trace_sqrt_product(spd(3), spd(3, torch.float32)), TypeError, "dtype of a"),
 ])
 def test_bad_input_errors(call, error, match):

@@ -94,7 +94,8 @@ TRACE_SQRT_PRODUCT = define(OpSpec(
 METHODS = ("auto", "eigh", "newton_schulz")
 
 
-def _check_square(name: str, a: object) -> None:
+def _check_square(name: str, a: object, *, finite: bool = True) -> None:
+    """Shape, dtype and (with ``finite``) no NaN or Inf; ``_symmetrized`` finds those on its own pass."""
     checks.tensor(name, a)
     if a.dim() < 2 or a.shape[-1] != a.shape[-2]:
         raise ValueError(f"{name} must be a square matrix or a batch of them [..., n, n], got shape "
@@ -103,7 +104,7 @@ def _check_square(name: str, a: object) -> None:
         raise TypeError(f"{name} must be float32 or float64 (LAPACK has no half types), got {a.dtype}")
     if a.numel() == 0:
         raise ValueError(f"{name} must not be empty (n >= 1, no empty batch), got shape {tuple(a.shape)}")
-    if not torch.compiler.is_compiling() and not math.isfinite(float(a.detach().sum())) and not bool(
+    if finite and not torch.compiler.is_compiling() and not math.isfinite(float(a.detach().sum())) and not bool(
             torch.isfinite(a.detach()).all()):
         raise ValueError(f"{name} contains NaN or Inf")
 
@@ -141,6 +142,8 @@ def _symmetrized(name: str, a: torch.Tensor) -> torch.Tensor:
     if torch.compiler.is_compiling():
         return out
     difference, largest = maxima.detach().reshape(-1, 2).unbind(-1)
+    if largest.isnan().any():  # the kernel's NaN marks a NaN or Inf entry
+        raise ValueError(f"{name} contains NaN or Inf")
     relative = torch.where(largest > 0, difference / largest.clamp_min(torch.finfo(a.dtype).tiny), difference)
     if not (worst := float(relative.max())) <= symmetry_tolerance(a.dtype):  # NaN fails too
         raise _asymmetry_error(name, worst, a.dtype)
@@ -207,8 +210,8 @@ def trace_sqrt_product(a: torch.Tensor, b: torch.Tensor, *, return_diagnostics: 
     Differentiable with respect to both (the gradient is infinite where an eigenvalue is 0: those
     directions get none).
     """
-    _check_square("a", a)
-    _check_square("b", b)
+    _check_square("a", a, finite=False)
+    _check_square("b", b, finite=False)
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     checks.like("b", b, "a", a)
