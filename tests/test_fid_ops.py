@@ -9,7 +9,8 @@ import torch
 import fastgen
 from fastgen.ops import BackendUnavailableError
 from fastgen.ops.fid import SQRTM_EIGH, SQRTM_NEWTON_SCHULZ, SYMMETRIZE_CHECKED, TRACE_SQRT_PRODUCT
-from fastgen.ops.fid.cholesky import lower_congruence
+from fastgen.ops.fid import _numpy_lapack
+from fastgen.ops.fid.cholesky import upper_congruence
 from fastgen.ops.fid.reference import symmetrize_checked_ref, trace_sqrt_product_ref
 from fastgen.testing import backends_for
 
@@ -131,11 +132,50 @@ def test_trace_sqrt_product_batched():
 
 
 @pytest.mark.parametrize("n,block", [(1, 4), (5, 2), (300, 64), (256, 256)])
-def test_lower_congruence_is_the_lower_triangle_of_lt_b_l(n, block):
+def test_upper_congruence_is_the_upper_triangle_of_lt_b_l(n, block):
     lower = torch.linalg.cholesky(spd(n, seed=n))
     b = spd(n, seed=n + 1)
-    expected = (lower.mT @ b @ lower).tril()
-    assert rel_err(lower_congruence(lower, b, block).tril(), expected) < 1e-13
+    expected = (lower.mT @ b @ lower).triu()
+    got = torch.from_numpy(upper_congruence(lower.numpy(), b.numpy(), block)).triu()
+    assert rel_err(got, expected) < 1e-13
+
+
+NUMPY_LAPACK = _numpy_lapack.load()
+needs_numpy_lapack = pytest.mark.skipif(NUMPY_LAPACK is None, reason="this numpy bundles no OpenBLAS")
+
+
+@needs_numpy_lapack
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n", (1, 7, 130))
+def test_numpy_lapack_in_place_routines_match_numpy_linalg(n, dtype):
+    a = spd(n, seed=n).numpy().astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+
+    def close(actual, expected):
+        return np.abs(actual - expected).max() <= tol * np.abs(expected).max()
+
+    x = a.copy()
+    x[np.triu_indices(n, 1)] = 7.0  # never read: only the lower triangle goes in
+    assert NUMPY_LAPACK.cholesky_lower_in_place(x) == 0
+    assert close(np.tril(x), np.linalg.cholesky(a))
+    assert np.all(x[np.triu_indices(n, 1)] == 7.0)
+    y = a.copy()
+    y[np.tril_indices(n, -1)] = np.nan  # never read: only the upper triangle goes in
+    assert close(NUMPY_LAPACK.eigvalsh_of_upper_in_place(y), np.linalg.eigvalsh(a))
+
+
+@needs_numpy_lapack
+def test_numpy_lapack_reports_a_matrix_that_is_not_positive_definite():
+    x = -np.eye(4)
+    assert NUMPY_LAPACK.cholesky_lower_in_place(x) > 0
+
+
+def test_cholesky_path_without_numpy_lapack_gives_the_same_trace(monkeypatch):
+    a, b = spd(150, seed=95), spd(150, seed=96)
+    with_lapack = fastgen.ops.trace_sqrt_product(a, b, impl="cpu")
+    monkeypatch.setattr(_numpy_lapack, "load", lambda: None)
+    trace, info = fastgen.ops.trace_sqrt_product(a, b, impl="cpu", return_diagnostics=True)
+    assert not info["fallback"] and abs(float(trace) - float(with_lapack)) < 1e-12 * float(trace)
 
 
 @pytest.mark.parametrize("backend", TRACE_BACKENDS)
