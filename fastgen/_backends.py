@@ -88,6 +88,7 @@ def info() -> dict:
     """Versions and per-op backend availability, as printed by ``fastgen info``."""
     from fastgen import __version__
     from fastgen.ops._library import registered_ops
+    from fastgen.ops.fid import _numpy_lapack
 
     versions = {
         "fastgen": __version__,
@@ -108,6 +109,8 @@ def info() -> dict:
                                       else "no CUDA device (set TRITON_INTERPRET=1 to run on CPU tensors)"),
         "cuda (fastgen._C CUDA kernels)": cuda_kernels_reason() if torch.cuda.is_available()
         else "no CUDA device",
+        "numpy OpenBLAS (FID)": None if _numpy_lapack.load() is not None
+        else "this numpy bundles no scipy-openblas64: torch's Cholesky and numpy.linalg.eigvalsh run instead",
     }
     ops = {spec.name: spec.availability() for spec in registered_ops()}
     return {"versions": versions, "machine": machine, "backends": backends,
