@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastgen.ops import _checks as checks
 from fastgen.ops.fid import trace_sqrt_product
 
 ArrayLike = Any  # numpy array, torch tensor, or nested sequence of numbers
@@ -38,9 +39,7 @@ def _as_float64(name: str, value: ArrayLike, dims: int) -> torch.Tensor:
     t = t.to(torch.float64)
     while t.dim() < dims:  # pytorch-fid's atleast_1d / atleast_2d: scalars are 1-d statistics
         t = t.unsqueeze(0)
-    # A sum propagates NaN and Inf in one pass without a temporary; the elementwise test runs only
-    # when it is not finite (finite values can overflow it).
-    if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
+    if not checks.all_finite(t):
         raise ValueError(f"{name} contains NaN or Inf")
     return t
 
@@ -148,9 +147,7 @@ class FeatureStats:
             raise ValueError(f"features must be [batch, {self.dim}], got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"features must be a floating-point array, got {x.dtype}")
-        # A sum in the features' own dtype propagates NaN and Inf in one fast pass; the elementwise
-        # test runs only when it is not finite (finite values can overflow it).
-        if x.shape[0] and not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
+        if not checks.all_finite(x):
             raise ValueError("features contain NaN or Inf")
         product_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         if self._pending is None:

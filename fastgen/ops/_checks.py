@@ -1,6 +1,8 @@
 """Argument checks shared by the public ops and modules: each error names the argument and what it expected."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fastgen.ops._library import FLOAT_DTYPES
@@ -35,3 +37,13 @@ def positive_float(name: str, value: object, why: str = "") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{name} must be a positive float{why}, got {value!r}")
     return float(value)
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN or Inf in t. A sum propagates both in one pass without a temporary the size of t; only
+    when it is not finite (finite values can overflow it, in half precision above all) does the exact
+    elementwise test run. True while tracing: the check reads values."""
+    if torch.compiler.is_compiling() or not t.numel():
+        return True
+    t = t.detach()
+    return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())

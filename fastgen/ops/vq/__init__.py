@@ -1,8 +1,6 @@
 """VQ nearest-codebook search (``fastgen::vq_nearest_l2``) and codebook statistics (``fastgen::vq_cluster_stats``)."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -61,12 +59,7 @@ def _check_matrix(name: str, t: object, expected: str) -> None:
 
 
 def _check_finite(name: str, t: torch.Tensor) -> None:
-    # A sum propagates NaN and Inf without a temporary the size of t; only when it is not finite (an
-    # overflow of finite values is possible too, in half precision) does the exact elementwise test run.
-    # Skipped while tracing.
-    if torch.compiler.is_compiling() or not t.numel() or math.isfinite(t.sum().item()):
-        return
-    if not bool(torch.isfinite(t).all()):
+    if not checks.all_finite(t):
         raise ValueError(f"{name} contains NaN or Inf: its nearest codebook entry is undefined")
 
 
